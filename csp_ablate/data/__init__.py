@@ -1,0 +1,1 @@
+"""LightningDataModules. Importing a submodule imports torch; this package init does not."""

@@ -1,0 +1,183 @@
+"""The run record: one flat row per job, the contract between training and reporting.
+
+``record.json`` in a job's output dir and a row of ``runs.csv`` carry exactly
+:data:`RECORD_KEYS` (DESIGN.md, "Result contracts"). This module imports no torch, so the
+report can rebuild everything from records on any machine.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+IDENTITY = ["sweep", "run_id", "config_hash", "seed", "status", "error"]
+AXES = [
+    "task", "dataset", "model", "gamma", "fusion", "neck", "extras", "activation", "tier",
+    "img_size", "epochs",
+]
+COST = ["params_m", "bflops", "bflops_train", "cio_m", "fps", "fps_device", "fps_batch", "train_time_s"]
+QUALITY = ["top1", "val_top1", "ap", "ap50"]
+PROVENANCE = [
+    "git_sha", "started_at", "finished_at", "wandb_run_id", "wandb_dir", "torch_version", "host",
+]
+RECORD_KEYS: list[str] = IDENTITY + AXES + COST + QUALITY + PROVENANCE
+RECORD_FILE = "record.json"
+
+# Keys that say where/how a run is logged, not what is trained: excluded from the config hash.
+_HASH_EXCLUDED = ("seed", "output_dir", "logger", "sweep", "hydra")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def is_multirun() -> bool:
+    """True inside a Hydra multirun job (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of the resolved config without seed and logging keys: equal hash, same experiment."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for key in _HASH_EXCLUDED:
+        container.pop(key, None)
+    # resolve what is left (top-level axes interpolated into model.*) without Hydra's resolvers
+    resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    blob = json.dumps(resolved, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@functools.cache
+def git_sha() -> str | None:
+    """Commit of the code that ran (``+dirty`` when the work tree has changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(str(cfg.output_dir))
+
+
+def base_record(cfg: DictConfig) -> dict[str, Any]:
+    """Identity, axes and provenance known before training starts; the rest is None."""
+    rec: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
+    chash = config_hash(cfg)
+    extras = cfg.get("extras") or []
+    rec.update(
+        sweep=cfg.get("sweep"),
+        run_id=f"{cfg.model.name}-{chash[:8]}-s{cfg.seed}",
+        config_hash=chash,
+        seed=int(cfg.seed),
+        status="running",
+        error=None,
+        task=cfg.task.name,
+        dataset=_dataset_name(cfg),
+        model=cfg.model.name,
+        gamma=cfg.get("gamma"),
+        fusion=cfg.get("fusion"),
+        neck=cfg.get("neck"),
+        extras="+".join(sorted(str(e) for e in extras)),
+        activation=cfg.get("activation"),
+        tier=cfg.get("tier"),
+        img_size=cfg.data.get("img_size"),
+        epochs=cfg.trainer.get("max_epochs"),
+        git_sha=git_sha(),
+        started_at=now_iso(),
+        host=platform.node(),
+        torch_version=_package_version("torch"),
+    )
+    return rec
+
+
+def _package_version(name: str) -> str | None:
+    """Installed version without importing the package (start-up stays torch-free)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _dataset_name(cfg: DictConfig) -> str:
+    target = str(cfg.data.get("_target_", ""))
+    return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> Path:
+    """Write JSON via a temp file + rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_record(cfg: DictConfig, record: Mapping[str, Any]) -> Path:
+    """Write ``record.json`` (only the contract's keys, in contract order) into the run dir."""
+    unknown = set(record) - set(RECORD_KEYS)
+    if unknown:
+        raise KeyError(f"record has keys outside the contract: {sorted(unknown)}")
+    ordered = {key: record.get(key) for key in RECORD_KEYS}
+    return write_json_atomic(output_dir(cfg) / RECORD_FILE, ordered)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_failed_record(cfg: DictConfig, err: BaseException) -> Path | None:
+    """Record a job that raised, so a sweep's report shows the gap instead of losing it."""
+    try:
+        rec = base_record(cfg)
+    except Exception:  # the config itself may be what is broken: keep what we can
+        rec = dict.fromkeys(RECORD_KEYS)
+        rec.update(started_at=now_iso(), host=platform.node())
+    msg = f"{type(err).__name__}: {err}"
+    rec.update(status="failed", error=msg[:2000], finished_at=now_iso())
+    try:
+        existing = output_dir(cfg) / RECORD_FILE
+        if existing.exists() and read_record(existing).get("status") == "completed":
+            return None  # never replace a finished result with a later failure
+    except Exception:
+        pass
+    try:
+        return write_record(cfg, rec)
+    except Exception:
+        traceback.print_exc()
+        return None

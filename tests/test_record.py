@@ -1,0 +1,66 @@
+"""The record contract: keys, hashing, atomic writes, failures never overwrite results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from csp_ablate.errors import ConfigError
+from csp_ablate.record import (
+    RECORD_FILE, RECORD_KEYS, base_record, config_hash, write_failed_record, write_json_atomic, write_record,
+)
+
+DESIGN_KEYS = (
+    "sweep run_id config_hash seed status error task dataset model gamma fusion neck extras activation "
+    "tier img_size epochs params_m bflops bflops_train cio_m fps fps_device fps_batch train_time_s top1 "
+    "val_top1 ap ap50 git_sha started_at finished_at wandb_run_id wandb_dir torch_version host"
+).split()
+
+
+def test_record_keys_are_the_design_contract():
+    assert RECORD_KEYS == DESIGN_KEYS
+
+
+def test_config_hash_ignores_seed_and_logging_but_not_axes(compose):
+    base = config_hash(compose("output_dir=/a"))
+    assert config_hash(compose("output_dir=/b", "seed=7", "logger=csv")) == base
+    assert config_hash(compose("output_dir=/a", "gamma=0.25")) != base
+    assert config_hash(compose("output_dir=/a", "model=peleenet")) != base
+
+
+def test_base_record_reads_axes(compose, tmp_path):
+    rec = base_record(compose(f"output_dir={tmp_path}", "fusion=last", "gamma=0.25", "seed=3", "tier=smoke"))
+    assert (rec["fusion"], rec["gamma"], rec["seed"], rec["tier"]) == ("last", 0.25, 3, "smoke")
+    assert rec["dataset"] == "fashionmnist" and rec["extras"] == "" and rec["status"] == "running"
+    assert rec["run_id"].startswith("csppeleenet-") and rec["run_id"].endswith("-s3")
+
+
+def test_write_record_rejects_unknown_keys(compose, tmp_path):
+    cfg = compose(f"output_dir={tmp_path}")
+    with pytest.raises(KeyError, match="outside the contract"):
+        write_record(cfg, {"top5": 1.0})
+
+
+def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):
+    path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object.__new__(type("X", (), {"__str__": None}))})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_failure_never_replaces_a_completed_record(compose, tmp_path):
+    cfg = compose(f"output_dir={tmp_path}")
+    done = base_record(cfg) | {"status": "completed", "top1": 91.0}
+    write_record(cfg, done)
+    write_failed_record(cfg, ConfigError("boom"))
+    assert json.loads((tmp_path / RECORD_FILE).read_text())["top1"] == 91.0
+
+
+def test_failed_record_carries_the_error(compose, tmp_path):
+    cfg = compose(f"output_dir={tmp_path}", "fusion=last")
+    write_failed_record(cfg, RuntimeError("nan loss"))
+    rec = json.loads((tmp_path / RECORD_FILE).read_text())
+    assert rec["status"] == "failed" and rec["error"] == "RuntimeError: nan loss" and rec["fusion"] == "last"
+    assert list(rec) == RECORD_KEYS

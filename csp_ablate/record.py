@@ -32,11 +32,16 @@ QUALITY = ["top1", "val_top1", "ap", "ap50"]
 PROVENANCE = [
     "git_sha", "started_at", "finished_at", "wandb_run_id", "wandb_dir", "torch_version", "host",
 ]
-RECORD_KEYS: list[str] = IDENTITY + AXES + COST + QUALITY + PROVENANCE
+# Extension of DESIGN.md's contract (issue 7): how far the run trained and whether it resumed.
+# `epochs` says nothing for step-based paper runs; a relaunched run must say it resumed.
+PROGRESS = ["steps", "resumed_from_step"]
+RECORD_KEYS: list[str] = IDENTITY + AXES + COST + QUALITY + PROVENANCE + PROGRESS
 RECORD_FILE = "record.json"
 
-# Keys that say where/how a run is logged, not what is trained: excluded from the config hash.
-_HASH_EXCLUDED = ("seed", "output_dir", "logger", "sweep", "hydra")
+# Keys that say where/how a run is logged, checkpointed or timed, not what is trained:
+# excluded from the config hash (equal hash + seed = the same experiment, e.g. for resume).
+_HASH_EXCLUDED = ("seed", "output_dir", "logger", "sweep", "hydra", "checkpoint", "threads",
+                  "progress_refresh_rate", "force", "report")
 
 
 def now_iso() -> str:

@@ -1,24 +1,40 @@
 """``run(cfg) -> record``: the one place that wires data, model, task, logger and trainer.
 
 Order matters for the user: the data are loaded first (a missing data root fails in a second,
-before any model is built or W&B run opened), the cost is counted before training (so a
-crash later still leaves an honest partial record), and the record is written last,
-atomically, with ``status=completed``.
+before any model is built or W&B run opened), then the checkpoint to resume from is checked
+(a corrupt one fails before W&B), the cost is counted before training (so a crash later still
+leaves an honest partial record), and the record is written last, atomically, with
+``status=completed``.
+
+Scale-out (issue 7): ``threads`` and precision are resolved here (:mod:`csp_ablate.distributed`);
+under DDP every rank runs this function, each rank loads its share of every batch, and only
+global rank 0 counts the cost, opens the W&B run and writes ``record.json``. Each run
+checkpoints into ``<output_dir>/checkpoints`` and a relaunch in the same output dir resumes
+(:mod:`csp_ablate.checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from csp_ablate import checkpoint as ckpt
 from csp_ablate import profile
+from csp_ablate.distributed import (
+    ProcessGroupScope, ShardedDataModule, configure_threads, install_hydra_relaunch, launch_rank,
+    resolve_precision,
+)
+from csp_ablate.errors import ConfigError
 from csp_ablate.loggers import build_logger, finish_logger
 from csp_ablate.record import base_record, now_iso, output_dir, write_record
 
@@ -41,6 +57,13 @@ def _route_lightning_logs() -> None:
         logger.filters[:] = [_DropTips()]
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # top-1 and image counts are torchmetrics values, already synchronised over DDP ranks
+    warnings.filterwarnings("ignore", message=r".*self\.log\('(val|test)/(top1|n)'.*sync_dist=True.*")
+    # last.ckpt and best.ckpt share checkpoints/, and a resumed run finds it full: both expected
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+
+
+_OUR_TRAINER_KEYS = ("channels_last", "compile")  # in the trainer group, but not Trainer kwargs
 
 
 def build_model(cfg: DictConfig, num_classes: int, in_chans: int) -> nn.Module:
@@ -53,14 +76,15 @@ def build_model(cfg: DictConfig, num_classes: int, in_chans: int) -> nn.Module:
 
 
 def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
-    """Params and BFLOPs at the paper's input (224², 1000 classes) and BFLOPs as trained."""
+    """Params, BFLOPs and CIO at the paper's input (224², 1000 classes); BFLOPs as trained."""
     paper_model = build_model(cfg, num_classes=cfg.profile.paper_num_classes, in_chans=3)
-    cost = {
-        "params_m": round(profile.count_params_m(paper_model), 4),
-        "bflops": round(profile.count_bflops(paper_model, cfg.profile.paper_img_size, 3), 4),
+    paper = profile.model_cost(paper_model, cfg.profile.paper_img_size, 3)
+    return {
+        "params_m": round(paper["params_m"], 4),
+        "bflops": round(paper["bflops"], 4),
+        "cio_m": round(paper["cio_m"], 4),
         "bflops_train": round(profile.count_bflops(model, cfg.data.img_size, cfg.data.channels), 5),
     }
-    return cost
 
 
 def summary_line(record: dict[str, Any], path) -> str:
@@ -75,9 +99,68 @@ def summary_line(record: dict[str, Any], path) -> str:
     )
 
 
+def check_schedule(cfg: DictConfig) -> None:
+    """tier=paper counts steps, as the paper does; a model without a known count must say so."""
+    trainer = cfg.trainer
+    if trainer.get("max_steps") is None:
+        raise ConfigError(
+            f"tier={cfg.get('tier')} has no training length for model={cfg.model.name}: the paper "
+            f"trains PeleeNet-family models for 1,600,000 steps and ResNet/ResNeXt-based ones for "
+            f"8,000,000. Set trainer.max_steps=<steps> (or add the model to "
+            f"paper_schedule.classification.steps_by_model in conf/tier/paper.yaml)."
+        )
+    if cfg.get("tier") == "paper" and "FashionMNIST" in str(cfg.data.get("_target_", "")):
+        log.warning("tier=paper with data=fashion_mnist: the paper's schedule is for ImageNet (data=imagenet data.root=...)")
+    if trainer.get("max_epochs") is None and int(trainer.max_steps) < 0:
+        raise ConfigError("trainer.max_epochs=null needs trainer.max_steps > 0 (the run would never end).")
+
+
+def _wandb(logger):
+    return logger if type(logger).__name__ == "WandbLogger" else None
+
+
+def _continue_wandb_run(logger, history: list[dict[str, Any]]) -> None:
+    """A resumed run logs into the same W&B run (its id from the launch history)."""
+    run_ids = [h["wandb_run_id"] for h in history if h.get("wandb_run_id")]
+    if not run_ids or _wandb(logger) is None:
+        return
+    init = getattr(logger, "_wandb_init", None)  # WandbLogger keeps its wandb.init kwargs here
+    if isinstance(init, dict) and getattr(logger, "_experiment", None) is None:
+        init.update(id=run_ids[-1], resume="allow")
+        logger._id = run_ids[-1]
+    else:
+        log.warning("could not point the W&B logger at run %s: the resumed run logs as a new W&B run", run_ids[-1])
+
+
+class _WandbIdToHistory(L.Callback):
+    """Rank 0 notes the W&B run id in the launch history, so a relaunch continues that run."""
+
+    def __init__(self, out) -> None:
+        super().__init__()
+        self.out = out
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        wb = _wandb(trainer.logger)
+        if trainer.is_global_zero and wb is not None:
+            ckpt.append_history(self.out, {"event": "wandb", "wandb_run_id": wb.experiment.id})
+
+
+def _metric(trainer: L.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return round(float(value), 4) if value is not None else None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record written to ``record.json``."""
+    with ProcessGroupScope():  # a sequential multirun's next DDP job starts from a clean slate
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     _route_lightning_logs()
+    threads = configure_threads(cfg)
+    rank_zero = launch_rank() == 0
+    check_schedule(cfg)
     record = base_record(cfg)
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,12 +171,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
 
     model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
-    record.update(measure_cost(cfg, model))
+    if rank_zero:  # ranks > 0 skip the (CPU-heavy) count: only rank 0 writes the record
+        record.update(measure_cost(cfg, model))
     task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
-    task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes)
+    channels_last = bool(cfg.trainer.get("channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last)
+    if cfg.trainer.get("compile", False):
+        task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
+
+    # resume: decided and checked before W&B opens a run, so a bad checkpoint costs nothing
+    ck_enabled = bool((cfg.get("checkpoint") or {}).get("enabled", True))
+    fingerprint = ckpt.fingerprint(cfg)
+    resume = ckpt.resume_path(cfg, out) if ck_enabled else None
+    resumed = ckpt.inspect_checkpoint(resume, fingerprint) if resume is not None else None
+    history = ckpt.read_history(out) if ck_enabled else []
+    note = ckpt.append_history if ck_enabled else (lambda *a, **k: None)  # checkpoints/launches.jsonl
+    launch = 1 + sum(1 for h in history if h.get("event") == "start")
+    prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
+    stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
     logger = build_logger(cfg, record)
-    callbacks = []
+    if resumed is not None:
+        _continue_wandb_run(logger, history)
+    callbacks: list[L.Callback] = []
     if cfg.trainer.get("enable_progress_bar", True):
         from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -102,29 +204,93 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = instantiate(cfg.trainer, logger=logger or False, default_root_dir=str(out), callbacks=callbacks)
+    ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
+    callbacks += ck_callbacks
+    if _wandb(logger) is not None and ck_callbacks:
+        callbacks.append(_WandbIdToHistory(out))
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    install_hydra_relaunch()
+    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                   if k not in _OUR_TRAINER_KEYS}
+    trainer = instantiate(
+        trainer_cfg,
+        logger=logger or False,
+        default_root_dir=str(out),
+        callbacks=callbacks,
+        precision=resolve_precision(cfg),
+        plugins=[ckpt.AtomicCheckpointIO()],
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        use_distributed_sampler=False,  # ShardedDataModule shards (global batch, no padded eval)
+    )
+    data = ShardedDataModule(datamodule, seed=int(cfg.seed)) if trainer.world_size > 1 else datamodule
+    if rank_zero:
+        note(out, {
+            "event": "start", "launch": launch, "resumed_from": str(resume) if resume else None,
+            "start_step": resumed["global_step"] if resumed else 0, "world_size": trainer.world_size,
+            "threads": threads, "fingerprint": fingerprint, "pid": os.getpid(),
+        })
+        if resumed is not None:
+            log.info(
+                "resuming from %s at step %d (launch %d); the LR schedule continues from there",
+                resume, resumed["global_step"], launch,
+            )
     try:
         start = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule)
-        record["train_time_s"] = round(time.perf_counter() - start, 2)
-        val = trainer.callback_metrics.get("val/top1")
-        record["val_top1"] = round(float(val), 4) if val is not None else None
-        (test_metrics,) = trainer.test(task, datamodule=datamodule, verbose=False)
+        trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+        record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
+        if resumed is not None and "val/top1" not in trainer.callback_metrics:  # resumed at the end
+            trainer.validate(task, datamodule=data, verbose=False)
+        record["val_top1"] = _metric(trainer, "val/top1")
+        n_val = _metric(trainer, "val/n")
+        (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
         record["top1"] = round(float(test_metrics["test/top1"]), 4)
+        n_test = int(test_metrics.get("test/n", 0))
+        if not trainer.is_global_zero:
+            return record  # ranks > 0 trained and evaluated their share; rank 0 reports
         if cfg.profile.fps:
             record.update(
                 fps=round(profile.measure_fps(model, cfg.data.img_size, cfg.data.channels, batch=1), 1),
                 fps_device=str(next(model.parameters()).device),
                 fps_batch=1,
             )
-        record.update(status="completed", finished_at=now_iso())
+        record.update(
+            status="completed", finished_at=now_iso(), steps=int(trainer.global_step),
+            resumed_from_step=resumed["global_step"] if resumed else None,
+        )
+        extra = {
+            "test_n": n_test, "val_n": n_val, "global_step": trainer.global_step,
+            "launches": launch, "resumed_from_step": resumed["global_step"] if resumed else None,
+            "world_size": trainer.world_size, "threads": threads,
+        }
+        if _wandb(logger) is not None:
+            logger.experiment.summary.update(extra)
         finish_logger(logger, record)
+        note(out, {"event": "end", "launch": launch, **extra})
+    except SIGTERMException:
+        _close_wandb(logger, exit_code=1)
+        if rank_zero:
+            note(out, {"event": "stopped", "launch": launch, "global_step": trainer.global_step})
+        preempt = next((c for c in ck_callbacks if isinstance(c, ckpt.PreemptionSignal) and c.pending), None)
+        if preempt is not None:
+            preempt.requeue()  # submitit: resubmit this job (same output dir) and exit
+        raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports a killed job
     except BaseException:
-        if logger is not None and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-            logger.experiment.finish(exit_code=1)
+        _close_wandb(logger, exit_code=1)
         raise
     path = write_record(cfg, record)
     line = summary_line(record, path)
-    log.info(line)
+    log.info(
+        "%s | test top-1 over %d images, step %d, launch %d%s, %d process(es) x %d thread(s)",
+        line, n_test, trainer.global_step, launch,
+        f" (resumed from step {resumed['global_step']})" if resumed else "", trainer.world_size, threads,
+    )
     print(line, flush=True)
     return record
+
+
+def _close_wandb(logger, exit_code: int) -> None:
+    """Mark an open W&B run as failed; never create one just to close it."""
+    wb = _wandb(logger)
+    if wb is not None and getattr(wb, "_experiment", None) is not None:
+        wb.experiment.finish(exit_code=exit_code)

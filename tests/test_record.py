@@ -16,15 +16,16 @@ DESIGN_KEYS = (
     "tier img_size epochs params_m bflops bflops_train cio_m fps fps_device fps_batch train_time_s top1 "
     "val_top1 ap ap50 git_sha started_at finished_at wandb_run_id wandb_dir torch_version host"
 ).split()
+EXTENSION_KEYS = ["steps", "resumed_from_step"]  # documented extension (issue 7: resume)
 
 
 def test_record_keys_are_the_design_contract():
-    assert RECORD_KEYS == DESIGN_KEYS
+    assert RECORD_KEYS == DESIGN_KEYS + EXTENSION_KEYS
 
 
 def test_config_hash_ignores_seed_and_logging_but_not_axes(compose):
     base = config_hash(compose("output_dir=/a"))
-    assert config_hash(compose("output_dir=/b", "seed=7", "logger=csv")) == base
+    assert config_hash(compose("output_dir=/b", "seed=7", "logger=csv", "threads=1")) == base
     assert config_hash(compose("output_dir=/a", "gamma=0.25")) != base
     assert config_hash(compose("output_dir=/a", "model=peleenet")) != base
 

@@ -1,0 +1,142 @@
+"""DDP overhead on CPU: 2-process DDP (gloo) vs 1 process, same global batch, same cores.
+
+What trainer=ddp costs before any GPU is involved: each rank computes half of every global
+batch, then the gradients are averaged with an all-reduce (DistributedDataParallel, the engine
+under Lightning's DDPStrategy). Side by side on this machine, all with the same global batch:
+
+- ``1proc``: one process with every core (torch threads = cores): the baseline;
+- ``ddp2``: two processes with cores // 2 threads each, batch / 2 per rank;
+- ``1proc_1thread``: one process, one thread: what each DDP rank has on a 2-core machine.
+
+images/s = global batch / median step time (forward, backward, all-reduce, SGD step) after
+warm-up; ``allreduce_ms`` times one all-reduce of a gradient-sized buffer on its own. Synthetic
+input (random tensors): the input pipeline is benchmarked separately (bench_imagefolder).
+
+Honest reading for a 2-core machine: two ranks split the same two cores that one process uses,
+so DDP cannot be faster here; the figure is the overhead (gradient all-reduce, a second Python
+process, smaller per-rank GEMMs), an upper bound on what a GPU node pays per step, where ranks
+have a device each and NCCL all-reduces over NVLink. On a shared machine (others' jobs
+running), absolute numbers are noisy: compare rows of one run, never across runs.
+
+OpenMP threads spin while they wait; when another job holds a core, a spinning 2-thread
+process slows down 10-40x (measured here: steps between 0.09 and 9 s). The benchmark runs its
+processes with ``OMP_WAIT_POLICY=PASSIVE`` (unless set) so it measures DDP, not that artefact;
+the policy is a column of the CSV.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import QUICK, write_result
+
+MODEL, IMG, CLASSES = os.environ.get("BENCH_MODEL", "peleenet"), 32, 10  # the proxy tier's input
+
+
+def _step_times(rank: int, world: int, batch: int, warmup: int, steps: int, threads: int, port: int, queue) -> None:
+    """Train ``warmup + steps`` steps on this rank; put (rank, step times, all-reduce ms) on ``queue``."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    import csp_ablate.models  # noqa: F401  (registers the PeleeNet family in timm)
+    from csp_ablate.models import create_backbone
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_backbone(MODEL, num_classes=CLASSES, in_chans=3)
+    allreduce_ms = None
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        flat = torch.zeros(sum(p.numel() for p in model.parameters()))
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            dist.all_reduce(flat)
+            times.append(time.perf_counter() - start)
+        allreduce_ms = 1000 * statistics.median(times)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    per_rank = batch // world
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(per_rank, 3, IMG, IMG, generator=g)
+    y = torch.randint(0, CLASSES, (per_rank,), generator=g)
+    model.train()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    queue.put((rank, times, allreduce_ms))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def measure(world: int, threads: int, batch: int, warmup: int, steps: int) -> dict:
+    """Median step time over ranks and steps for one configuration (fresh processes each)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_step_times, args=(r, world, batch, warmup, steps, threads, port, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    # a step ends when the slowest rank ends it: per step, the max over ranks
+    per_step = [max(r[1][i] for r in results) for i in range(steps)]
+    step_s = statistics.median(per_step)
+    allreduce = [r[2] for r in results if r[2] is not None]
+    return {
+        "processes": world, "threads_per_process": threads, "global_batch": batch, "per_rank_batch": batch // world,
+        "steps_timed": steps, "step_ms": round(1000 * step_s, 1), "images_per_s": round(batch / step_s, 1),
+        "allreduce_ms": round(statistics.median(allreduce), 2) if allreduce else None,
+    }
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the spawned ranks
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    batches, warmup, steps, repeats = ([64], 2, 5, 1) if QUICK else ([64, 256], 3, 20, 3)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows = []
+    for batch in batches:
+        for rep in range(repeats):  # interleaved, so drift in the machine's load hits every mode
+            for mode, world, threads in (("1proc", 1, cores), ("ddp2", 2, max(1, cores // 2)), ("1proc_1thread", 1, 1)):
+                row = measure(world, threads, batch, warmup, steps)
+                rows.append({"mode": mode, "repeat": rep, "model": MODEL, "img_size": IMG, "load_avg_1m": load,
+                             "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "note": "shared machine: compare rows of one run only", **row})
+    summary = []
+    for batch in batches:
+        ips = {m: statistics.median(r["images_per_s"] for r in rows if r["mode"] == m and r["global_batch"] == batch)
+               for m in ("1proc", "ddp2", "1proc_1thread")}
+        overhead = 1.0 - ips["ddp2"] / ips["1proc"]
+        for r in rows:
+            if r["global_batch"] == batch:
+                r.update(ddp_vs_1proc=round(ips["ddp2"] / ips["1proc"], 3),
+                         ddp_vs_1thread=round(ips["ddp2"] / ips["1proc_1thread"], 3))
+        summary.append(
+            f"batch {batch}: 1 proc x {cores} threads {ips['1proc']:.0f} img/s, 2-rank DDP x {max(1, cores // 2)} "
+            f"{ips['ddp2']:.0f} img/s ({100 * overhead:+.0f}% overhead; {ips['ddp2'] / ips['1proc_1thread']:.2f}x "
+            f"one 1-thread process)"
+        )
+    write_result("ddp_overhead", rows, f"{MODEL} {IMG}px on {cores} cores, CPU gloo: " + "; ".join(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Checkpoints and resume: a relaunched run continues where it stopped, or says why it cannot.
+
+Every run keeps two checkpoints in ``<output_dir>/checkpoints/``:
+
+- ``last.ckpt``: every ``checkpoint.every_n_train_steps`` optimizer steps, at each epoch end,
+  at the end of training, and when the run is stopped by SIGTERM (a preempted or cancelled
+  job stops at the next step boundary and saves first). This is what a relaunch resumes from.
+- ``best.ckpt``: the best ``checkpoint.monitor`` so far (``val/top1``), saved after validation.
+
+Relaunching the same run (same output dir: ``hydra.run.dir=<dir>``, or the same sweep job dir,
+which is what Hydra's submitit launcher reuses when it requeues a job) resumes from
+``last.ckpt`` with Lightning's ``ckpt_path``: weights, optimizer, LR scheduler, step counters
+and the best-checkpoint bookkeeping are restored, so the run ends at the same step count with
+the LR schedule continuing. ``checkpoint.resume``: ``auto`` (resume when ``last.ckpt``
+exists), ``false`` (start over; the run's checkpoints are overwritten) or a path.
+
+A checkpoint that cannot be read (truncated, corrupt, written by a different configuration) is
+a :class:`ConfigError` naming the file and both ways out -- never a silent restart. Files are
+written atomically (temp file + rename) so a kill during a save leaves the previous checkpoint,
+and loaded with ``weights_only=True``. Each launch appends one line to
+``checkpoints/launches.jsonl`` (the evidence that, and from where, a run resumed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import signal
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from csp_ablate.errors import ConfigError
+from csp_ablate.record import now_iso
+
+log = logging.getLogger("csp_ablate")
+
+CKPT_DIR = "checkpoints"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+HISTORY = "launches.jsonl"
+STAMP_KEY = "csp_ablate"  # our entry in every checkpoint: which experiment wrote it
+RESUME_MODES = ("auto", "true", "false", "<path to a .ckpt>")
+
+# What makes two runs the same experiment for resuming: everything but where and how it runs.
+_NOT_EXPERIMENT = {
+    None: ("output_dir", "logger", "sweep", "hydra", "checkpoint", "threads", "progress_refresh_rate", "profile", "force"),
+    "data": ("root", "num_workers", "pin_memory", "prefetch_factor", "download", "eval_batch_size"),
+    "trainer": (
+        "accelerator", "devices", "num_nodes", "strategy", "precision", "enable_progress_bar",
+        "enable_model_summary", "enable_checkpointing", "log_every_n_steps", "sync_batchnorm",
+        "deterministic", "benchmark", "use_distributed_sampler",
+        # evaluation knobs: they change what is measured, not the training trajectory
+        "limit_val_batches", "limit_test_batches", "val_check_interval", "check_val_every_n_epoch",
+        "num_sanity_val_steps",
+    ),
+}
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of the experiment (model, data, task, schedule, axes, seed), not of the hardware."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for section, keys in _NOT_EXPERIMENT.items():
+        node = tree if section is None else tree.get(section, {})
+        for key in keys:
+            if isinstance(node, dict):
+                node.pop(key, None)
+    resolved = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return Path(out) / CKPT_DIR
+
+
+def _restart_hint(path: Path) -> str:
+    return (
+        f"To start this run over, relaunch with checkpoint.resume=false (its checkpoints are "
+        f"overwritten) or delete {path}; to resume from another checkpoint pass "
+        f"checkpoint.resume=<path>. Other runs' records are not touched."
+    )
+
+
+def inspect_checkpoint(path: Path, expected_fingerprint: str | None) -> dict[str, Any]:
+    """Open ``path`` as a resumable Lightning checkpoint; ConfigError if it is not one.
+
+    ``mmap=True`` reads the archive's index and the small objects, not the tensor data, so
+    this check costs milliseconds even for a large model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint.resume={path}: no such checkpoint file. {_restart_hint(path)}")
+    if not zipfile.is_zipfile(path):  # torch.save's format is a zip: a cut file loses its index
+        raise ConfigError(
+            f"Cannot resume from {path}: the checkpoint is corrupt or truncated (not a complete "
+            f"checkpoint archive, {path.stat().st_size} bytes). {_restart_hint(path)}"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # zip/pickle errors come in many types
+        raise ConfigError(
+            f"Cannot resume from {path}: the checkpoint is corrupt or truncated "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). {_restart_hint(path)}"
+        ) from err
+    missing = [k for k in ("state_dict", "loops", "global_step", "optimizer_states") if k not in ckpt]
+    if not isinstance(ckpt, dict) or missing:
+        raise ConfigError(
+            f"Cannot resume from {path}: not a full Lightning training checkpoint (missing "
+            f"{missing}). {_restart_hint(path)}"
+        )
+    stamp = ckpt.get(STAMP_KEY) or {}
+    written_by = stamp.get("fingerprint")
+    if expected_fingerprint and written_by and written_by != expected_fingerprint:
+        raise ConfigError(
+            f"Cannot resume from {path}: it was written by a different experiment (fingerprint "
+            f"{written_by}, run {stamp.get('run_id')}); this configuration is {expected_fingerprint}. "
+            f"Use a new output dir (hydra.run.dir=...) for a changed configuration. {_restart_hint(path)}"
+        )
+    return {"global_step": int(ckpt["global_step"]), "epoch": int(ckpt.get("epoch", 0)), "stamp": stamp}
+
+
+def resume_path(cfg: DictConfig, out: Path) -> Path | None:
+    """The checkpoint this launch resumes from, per ``checkpoint.resume``; None: start fresh."""
+    ck = cfg.get("checkpoint") or {}
+    mode = ck.get("resume", "auto")
+    if mode is None or mode is False or str(mode).lower() in ("false", "no", "off", "never"):
+        return None
+    last = checkpoint_dir(out) / LAST
+    if mode is True or str(mode).lower() in ("auto", "true", "yes", "on"):
+        if last.exists():
+            return last
+        if mode is True or str(mode).lower() in ("true", "yes", "on"):
+            log.info("checkpoint.resume=true but %s does not exist yet: starting fresh", last)
+        return None
+    path = Path(str(mode)).expanduser()
+    if not path.suffix == ".ckpt" and not path.is_file():
+        raise ConfigError.bad_value("checkpoint.resume", mode, RESUME_MODES)
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves via a temp file + rename (a kill mid-save keeps the old file); loads weights-only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt`` every N steps, at epoch end, at the end of training and on SIGTERM.
+
+    Also stamps every checkpoint the trainer writes (``best.ckpt`` too) with the experiment's
+    fingerprint and run id, so a relaunch can refuse a checkpoint of another experiment.
+    """
+
+    def __init__(self, path: Path, every_n_train_steps: int | None, stamp: dict[str, Any]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.every = int(every_n_train_steps or 0)
+        self.stamp = dict(stamp)
+        self._prior_time = float(self.stamp.get("train_time_s") or 0.0)  # earlier launches
+        self._t0 = time.perf_counter()
+        self._saved_step = -1
+
+    def _save(self, trainer: L.Trainer, why: str) -> None:
+        if trainer.global_step == self._saved_step or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(str(self.path), weights_only=False)  # the full training state
+        self._saved_step = trainer.global_step
+        log.debug("saved %s at step %d (%s)", self.path, trainer.global_step, why)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._saved_step = trainer.global_step  # a resumed run does not re-save what it loaded
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every and trainer.global_step % self.every == 0:
+            self._save(trainer, "interval")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer, "epoch end")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer, "end of training")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # SIGTERM is honoured at a step boundary (Lightning raises it between steps), so the
+        # state is consistent; any other exception may be mid-step: keep the last good file.
+        if isinstance(exception, SIGTERMException):
+            self._save(trainer, "SIGTERM")
+            log.warning(
+                "stopped by SIGTERM at step %d; saved %s. Relaunch the same command (same output "
+                "dir) to resume.", trainer.global_step, self.path,
+            )
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        elapsed = self._prior_time + time.perf_counter() - self._t0  # summed over launches
+        checkpoint[STAMP_KEY] = {**self.stamp, "train_time_s": round(elapsed, 2), "saved_at": now_iso()}
+
+
+class PreemptionSignal(L.Callback):
+    """Under submitit, turn its preemption/timeout signal (USR2) into a graceful stop.
+
+    submitit's own handler requeues the job and exits at once, possibly mid-step. This one
+    remembers the signal and raises SIGTERM on the process instead, which Lightning honours at
+    the next step boundary (all DDP ranks together); :class:`LastCheckpoint` saves, and the
+    training code then calls submitit's handler (:meth:`requeue`) to requeue and exit.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum = signal.SIGUSR2 if hasattr(signal, "SIGUSR2") else None
+        self._original = None
+        self.pending = False
+
+    def _handler(self, signum, frame) -> None:
+        log.warning("received %s (preemption/timeout): stopping at the next step boundary", signal.Signals(signum).name)
+        self.pending = True
+        signal.raise_signal(signal.SIGTERM)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.signum is not None:
+            self._original = signal.getsignal(self.signum)
+            signal.signal(self.signum, self._handler)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        if self.signum is not None and self._original is not None:
+            signal.signal(self.signum, self._original)
+            self._original = None
+
+    def requeue(self) -> None:
+        """Hand over to the handler that was installed before (submitit: checkpoint + requeue)."""
+        original, self._original = self._original, None
+        if self.signum is not None and original is not None:
+            signal.signal(self.signum, original)
+        if callable(original):
+            original(self.signum, None)
+
+
+def build_callbacks(cfg: DictConfig, out: Path, stamp: dict[str, Any]) -> list[L.Callback]:
+    """The checkpoint callbacks of a run (``checkpoint.enabled=false``: none)."""
+    ck = cfg.get("checkpoint") or {}
+    if not ck.get("enabled", True):
+        return []
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckdir = checkpoint_dir(out)
+    callbacks: list[L.Callback] = [LastCheckpoint(ckdir / LAST, ck.get("every_n_train_steps"), stamp)]
+    if ck.get("monitor"):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckdir), filename=Path(BEST).stem, monitor=ck.monitor, mode=ck.get("mode", "max"),
+                save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
+            )
+        )
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        callbacks.append(PreemptionSignal())
+    return callbacks
+
+
+def append_history(out: Path, entry: dict[str, Any]) -> None:
+    """One JSON line per launch event in ``checkpoints/launches.jsonl`` (rank 0 only)."""
+    path = checkpoint_dir(out) / HISTORY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"at": now_iso(), "host": platform.node(), **entry}, default=str) + "\n")
+
+
+def read_history(out: Path) -> list[dict[str, Any]]:
+    path = checkpoint_dir(out) / HISTORY
+    if not path.exists():
+        return []
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out_rows = []
+    for ln in lines:
+        try:
+            out_rows.append(json.loads(ln))
+        except json.JSONDecodeError:  # a line cut by a kill: skip it, keep the rest
+            continue
+    return out_rows

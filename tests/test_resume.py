@@ -1,0 +1,207 @@
+"""Checkpoints and resume (issue 7): a killed run relaunched in its output dir continues where
+it stopped, with the same final step count and the LR schedule continuing; a checkpoint that
+cannot be resumed is a clear error with the way out, never a silent restart."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from csp_ablate.checkpoint import STAMP_KEY, inspect_checkpoint, resume_path
+from csp_ablate.errors import ConfigError
+
+SMOKE = ("tier=smoke", "model=peleenet", "threads=1")
+
+
+def history(run_dir: Path) -> list[dict]:
+    path = run_dir / "checkpoints" / "launches.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fake_checkpoint(path: Path, fingerprint: str = "abc", **extra) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {"state_dict": {"w": torch.zeros(3)}, "loops": {}, "global_step": 7, "epoch": 0,
+            "optimizer_states": [], STAMP_KEY: {"fingerprint": fingerprint, "run_id": "r"}, **extra}
+    torch.save(ckpt, path)
+    return path
+
+
+def test_inspect_checkpoint_reads_step_and_stamp(tmp_path):
+    info = inspect_checkpoint(_fake_checkpoint(tmp_path / "last.ckpt"), "abc")
+    assert info["global_step"] == 7 and info["stamp"]["run_id"] == "r"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_lightning", "other_experiment"])
+def test_unresumable_checkpoint_is_a_config_error_with_the_way_out(tmp_path, damage):
+    path = _fake_checkpoint(tmp_path / "last.ckpt")
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(len(raw)))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "not_lightning":
+        torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(ConfigError) as info:
+        inspect_checkpoint(path, "xyz" if damage == "other_experiment" else "abc")
+    msg = str(info.value)
+    assert str(path) in msg and "checkpoint.resume=false" in msg and f"delete {path}" in msg
+
+
+def test_resume_modes(compose, tmp_path):
+    assert resume_path(compose(), tmp_path) is None  # auto, nothing saved yet
+    last = _fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert resume_path(compose(), tmp_path) == last
+    assert resume_path(compose("checkpoint.resume=false"), tmp_path) is None
+    other = _fake_checkpoint(tmp_path / "elsewhere" / "x.ckpt")
+    assert resume_path(compose(f"checkpoint.resume={other}"), tmp_path) == other
+    with pytest.raises(ConfigError, match="checkpoint.resume"):
+        resume_path(compose("checkpoint.resume=sometimes"), tmp_path)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A save that dies half-way (kill, full disk) leaves the previous last.ckpt intact."""
+    from csp_ablate.checkpoint import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 1}, path)
+
+    def dying_save(obj, fh, *a, **k):
+        fh.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["global_step"] == 1  # loaded with weights_only=True
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def _poly_lr(step: int, max_steps: int, lr: float = 0.1, power: float = 4.0) -> float:
+    return lr * (1.0 - min(step, max_steps) / max_steps) ** power
+
+
+def kill_after_first_checkpoint(args: list[str], run_dir: Path) -> dict:
+    """Start ``python -m csp_ablate args``, SIGTERM it once last.ckpt exists; its 'stopped' event."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "csp_ablate", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out
+    assert not (run_dir / "record.json").exists()  # stopped, not failed: no record yet
+    stopped = history(run_dir)[-1]
+    assert stopped["event"] == "stopped" and stopped["global_step"] >= 2
+    return stopped
+
+
+def test_sigterm_then_relaunch_resumes_to_the_same_final_step(tmp_path, data_override):
+    """Kill a run after its first checkpoint (SIGTERM), relaunch the same command: it resumes
+    from last.ckpt, ends at the planned step (3 epochs x 8 = 24) and the poly LR continues."""
+    import pandas as pd
+
+    args = [*SMOKE, "logger=csv", "trainer.max_epochs=3", "checkpoint.every_n_train_steps=2", f"hydra.run.dir={tmp_path}", *data_override]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    stopped = kill_after_first_checkpoint(args, tmp_path)
+    assert stopped["global_step"] < 24
+
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert rec["status"] == "completed" and math.isfinite(rec["top1"])
+    assert rec["resumed_from_step"] == stopped["global_step"] and rec["steps"] == 24  # the record says so
+    starts = [h for h in history(tmp_path) if h["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["resumed_from"] is None
+    assert starts[1]["resumed_from"] == str(last) and starts[1]["start_step"] == stopped["global_step"]
+    end = history(tmp_path)[-1]
+    assert end["event"] == "end" and end["global_step"] == 24 and end["resumed_from_step"] == stopped["global_step"]
+    assert "resuming from" in (tmp_path / "__main__.log").read_text()
+    # the LR schedule continued: every LR logged by the second launch is poly(step) over 24 steps
+    metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    lr_col = next(c for c in metrics.columns if c.startswith("lr-SGD"))
+    lrs = metrics.dropna(subset=[lr_col])
+    assert lrs["step"].min() >= stopped["global_step"]  # nothing re-trained from step 0
+    for step, lr in zip(lrs["step"], lrs[lr_col]):
+        assert lr == pytest.approx(_poly_lr(int(step), 24), rel=1e-5, abs=1e-9), (step, lr)
+
+
+def test_corrupt_checkpoint_fails_clearly_and_restart_is_opt_in(tmp_path, data_override):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "record.json").write_text('{"status": "completed"}')
+    run_dir = tmp_path / "run"
+    last = _fake_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    proc = run_cli(*SMOKE, "logger=none", f"hydra.run.dir={run_dir}", *data_override)
+    assert proc.returncode == 2
+    assert f"Cannot resume from {last}" in proc.stderr and "checkpoint.resume=false" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"  # this run only
+    assert (other / "record.json").read_text() == '{"status": "completed"}'
+    restart = run_cli(*SMOKE, "logger=none", "checkpoint.resume=false", f"hydra.run.dir={run_dir}", *data_override)
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "completed"
+    assert inspect_checkpoint(last, None)["global_step"] == 8  # overwritten by the fresh run
+
+
+@pytest.mark.slow
+def test_submitit_preemption_saves_requeues_and_resumes(tmp_path, data_override):
+    """submitit's preemption signal (USR2) mid-run: the run stops at a step boundary, saves,
+    submitit requeues the job in the same output dir, and the job resumes and completes."""
+    args = ["-m", "hydra/launcher=submitit_local", "seed=0", *SMOKE, "logger=none", "trainer.max_epochs=4",
+            "checkpoint.every_n_train_steps=4", f"hydra.sweep.dir={tmp_path}", *data_override]
+    proc = subprocess.Popen([sys.executable, "-m", "csp_ablate", *args], cwd=REPO,
+                            env={**os.environ, "WANDB_MODE": "offline"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = tmp_path / "0"
+    deadline = time.monotonic() + 300
+    while not (job / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(history(job)[0]["pid"], signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    events = history(job)
+    starts = [h for h in events if h["event"] == "start"]
+    stopped = next(h for h in events if h["event"] == "stopped")
+    assert len(starts) == 2 and starts[1]["start_step"] == stopped["global_step"] > 0
+    assert starts[0]["pid"] != starts[1]["pid"]  # a new process: submitit's requeue
+    assert events[-1]["event"] == "end" and events[-1]["global_step"] == 32
+    assert json.loads((job / "record.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_its_wandb_run(tmp_path, data_override):
+    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+
+    args = [*SMOKE, "logger=wandb", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=2",
+            f"hydra.run.dir={tmp_path}", *data_override]
+    kill_after_first_checkpoint(args, tmp_path)
+    second = run_cli(*args, env={"WANDB_MODE": "offline"})
+    assert second.returncode == 0, second.stderr[-3000:]
+    rec = json.loads((tmp_path / "record.json").read_text())
+    runs = [read_offline_run(d) for d in find_offline_runs(tmp_path)]
+    assert len(runs) == 2 and {r["run_id"] for r in runs} == {rec["wandb_run_id"]}  # one W&B run, two launches
+    assert runs[-1]["summary"]["launches"] == 2 and runs[-1]["summary"]["resumed_from_step"] >= 2

@@ -1,0 +1,85 @@
+"""``build_report(sweep_dir)``: every report file of a sweep dir, from its record.json files alone."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from csp_ablate.report.io import write_csv_atomic, write_text_atomic
+from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
+from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
+from csp_ablate.report.spec import ReportSpec, load_spec
+from csp_ablate.report.tables import claims_table, paper_table, summary_table
+
+log = logging.getLogger("csp_ablate.report")
+
+FLOAT_FORMAT = "%.6g"  # CSVs: enough digits for every metric, no float noise
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    sweep: str | None
+    spec: ReportSpec | None
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    table: pd.DataFrame | None = None
+    claims: pd.DataFrame | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def line(self) -> str:
+        n_done = int((self.runs["status"] == "completed").sum())
+        n_failed = int((self.runs["status"] == "failed").sum())
+        verdicts = ""
+        if self.claims is not None and not self.claims.empty:
+            counts = self.claims["verdict"].value_counts()
+            verdicts = " | claims: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        names = ", ".join(p.name for p in self.files)
+        return (f"[csp_ablate.report] {self.sweep or 'adhoc'}: {n_done} completed, {n_failed} failed"
+                f"{verdicts} | wrote {names} in {self.sweep_dir}")
+
+
+def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str | None = None) -> Report:
+    """Read the records under ``sweep_dir`` and write the report files at its root.
+
+    Always: ``runs.csv`` (columns exactly ``RECORD_KEYS``, failed jobs included) and
+    ``summary.csv``/``.md`` (one row per configuration). With a report spec (the ``report:``
+    block of ``sweeps/<sweep>.yaml``, found by the records' ``sweep`` name, or given):
+    ``<table>.csv``/``.md``, ``claims.csv``/``.md`` and, if the spec has a figure,
+    ``<figure>.png``/``.svg``. Every file is written atomically.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
+    runs = runs_frame(sweep_dir)
+    if runs.empty:
+        raise FileNotFoundError(f"no record.json under {sweep_dir}/*/ (is it a Hydra sweep dir?)")
+    name = sweep_name(runs)
+    command = sweep_command(sweep_dir)
+    if spec is None:
+        spec = load_spec(spec_name or name)
+    report = Report(sweep_dir=sweep_dir, sweep=name, spec=spec, runs=runs, summary=summary_table(runs))
+    out = report.files
+    out.append(write_csv_atomic(sweep_dir / "runs.csv", runs, float_format=FLOAT_FORMAT))
+    out.append(write_csv_atomic(sweep_dir / "summary.csv", report.summary, float_format=FLOAT_FORMAT))
+    title = f"Summary of sweep {name}" if name else "Summary of an ad-hoc multirun"
+    out.append(write_text_atomic(sweep_dir / "summary.md", summary_md(report.summary, runs, title, command)))
+    if spec is not None:
+        from csp_ablate.reference import load_reference
+
+        reference = load_reference(spec.reference) if spec.reference else None
+        report.table = paper_table(runs, spec, reference)
+        out.append(write_csv_atomic(sweep_dir / f"{spec.table}.csv", report.table, float_format=FLOAT_FORMAT))
+        out.append(write_text_atomic(sweep_dir / f"{spec.table}.md", paper_table_md(report.table, spec, runs, command)))
+        if spec.claims:
+            report.claims = claims_table(runs, report.table, spec)
+            out.append(write_csv_atomic(sweep_dir / "claims.csv", report.claims, float_format=FLOAT_FORMAT))
+            out.append(write_text_atomic(sweep_dir / "claims.md", claims_md(report.claims, spec)))
+        if spec.figure:
+            from csp_ablate.report.figure import plot_figure
+
+            out.extend(plot_figure(report.table, spec, runs, sweep_dir))
+    return report

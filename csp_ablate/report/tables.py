@@ -1,0 +1,266 @@
+"""Aggregation with pandas: the grouped summary, the paper-shaped table and the claim verdicts.
+
+Every number here comes from the tidy ``runs`` frame (``csp_ablate.report.records``); the paper's
+side comes from ``csp_ablate.reference``. Accuracy is aggregated over the completed runs of a
+group (mean, 95 % t-interval, n); cost columns are exact profiler numbers, equal for every seed
+of one configuration, so a group reports them once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from csp_ablate.record import AXES
+from csp_ablate.report.spec import Claim, ReportSpec, Row
+from csp_ablate.report.stats import mean_ci, welch_delta_ci
+
+log = logging.getLogger("csp_ablate.report")
+
+COST = ["params_m", "bflops", "bflops_train", "cio_m"]
+METRICS = ["top1", "val_top1", "ap", "ap50"]
+VERDICTS = ("reproduced", "contradicted", "inconclusive")
+# Compute claims: the paper rounds to whole % (±0.5) and darknet's counting conventions differ
+# from torch's flop counter by about a point; 2 points absolute, or a quarter of the claim.
+COMPUTE_ABS_TOL = 2.0  # percentage points
+COMPUTE_REL_TOL = 0.25  # share of the claimed effect
+
+
+# ---- grouping ---------------------------------------------------------------------------
+def aggregate(runs: pd.DataFrame, by: str) -> pd.DataFrame:
+    """One row per value of ``by``: axes, n, n_failed, cost, ``<m>_mean``/``<m>_ci95``."""
+    rows = [_aggregate_group(by, key, group) for key, group in runs.groupby(by, sort=False, dropna=False)]
+    columns = [by, *AXES, "n", "n_failed", "seeds", *COST,
+               *[f"{m}_{s}" for m in METRICS for s in ("mean", "ci95")], "train_time_s_mean", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _aggregate_group(by: str, key: Any, group: pd.DataFrame) -> dict[str, Any]:
+    done = group[group["status"] == "completed"]
+    failed = group[group["status"] == "failed"]
+    source = done if not done.empty else group
+    out: dict[str, Any] = {by: key}
+    out.update({axis: _first(source[axis]) for axis in AXES})
+    out.update(n=len(done), n_failed=len(failed), seeds=" ".join(str(s) for s in sorted(done["seed"].dropna())))
+    out.update({c: _first(group[c]) for c in COST})  # cost is known for failed runs that got that far
+    for metric in METRICS:
+        mean, ci, _ = mean_ci(pd.to_numeric(done[metric], errors="coerce"))
+        out[f"{metric}_mean"], out[f"{metric}_ci95"] = mean, ci
+    out["train_time_s_mean"] = pd.to_numeric(done["train_time_s"], errors="coerce").mean()
+    out["note"] = _note(group, done, failed)
+    return out
+
+
+def _first(series: pd.Series):
+    values = series.dropna()
+    return values.iloc[0] if not values.empty else None
+
+
+def _note(group: pd.DataFrame, done: pd.DataFrame, failed: pd.DataFrame) -> str:
+    notes = []
+    if done.empty:
+        notes.append("no completed run")
+    if not failed.empty:
+        first_error = _first(failed["error"])
+        err = str(first_error).splitlines()[0][:120] if first_error else ""
+        notes.append(f"{len(failed)} failed: {err}" if err else f"{len(failed)} failed")
+    hashes = done["config_hash"].dropna().unique()
+    if len(hashes) > 1:
+        notes.append(f"mixes {len(hashes)} configs")
+    return "; ".join(notes)
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The grouped summary of any multirun: one row per configuration (config hash)."""
+    frame = runs.assign(config_hash=runs["config_hash"].fillna("unknown"))
+    return aggregate(frame, "config_hash")
+
+
+# ---- paper-shaped tables ----------------------------------------------------------------
+def _matches(values: pd.Series, want: Any) -> pd.Series:
+    if want is None:
+        return values.isna() | (values.astype("string") == "")
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        num = pd.to_numeric(values, errors="coerce")
+        return pd.Series(np.isclose(num.astype(float), float(want), rtol=0, atol=1e-9), index=values.index)
+    return values.astype("string") == str(want)
+
+
+def assign_rows(runs: pd.DataFrame, spec: ReportSpec) -> pd.Series:
+    """The spec row id of each run (NA for runs that are no row of the table)."""
+    row_id = pd.Series(pd.NA, index=runs.index, dtype="string")
+    for row in spec.rows:
+        mask = pd.Series(True, index=runs.index)
+        for key, want in row.axes.items():
+            mask &= _matches(runs[key], want).fillna(False)
+        row_id[mask & row_id.isna()] = row.id
+    return row_id
+
+
+def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataFrame:
+    """The spec's rows in order: ours (mean, CI, deltas vs the baseline) beside the paper's."""
+    frame = runs.assign(row=assign_rows(runs, spec))
+    agg = aggregate(frame[frame["row"].notna()], "row").set_index("row")
+    ids = [r.id for r in spec.rows]
+    agg = agg.reindex(ids)
+    agg["n"] = agg["n"].fillna(0).astype(int)
+    agg["n_failed"] = agg["n_failed"].fillna(0).astype(int)
+    agg["note"] = agg["note"].fillna("not run")
+    for row in spec.rows:  # axes of rows that never ran come from the spec
+        for key, value in row.axes.items():
+            if pd.isna(agg.at[row.id, key]) and value is not None:
+                agg.at[row.id, key] = value
+    values = {rid: _values(frame, rid, "top1") for rid in ids}
+    base = spec.baseline
+    base_bflops = agg.at[base, "bflops"]
+    out = pd.DataFrame({"row": ids, "label": [r.label for r in spec.rows]})
+    for key in spec.match:
+        out[key] = agg[key].to_numpy()
+    out["n"] = agg["n"].to_numpy()
+    out["n_failed"] = agg["n_failed"].to_numpy()
+    out["params_m"] = agg["params_m"].to_numpy(dtype=float)
+    out["bflops"] = agg["bflops"].to_numpy(dtype=float)
+    out["bflops_delta_pct"] = [_pct(b, base_bflops) for b in out["bflops"]]
+    out["top1_mean"] = agg["top1_mean"].to_numpy(dtype=float)
+    out["top1_ci95"] = agg["top1_ci95"].to_numpy(dtype=float)
+    deltas = [welch_delta_ci(values[rid], values[base]) if rid != base else (0.0, math.nan) for rid in ids]
+    out["top1_delta"] = [d for d, _ in deltas]
+    out["top1_delta_ci95"] = [c for _, c in deltas]
+    out["val_top1_mean"] = agg["val_top1_mean"].to_numpy(dtype=float)
+    out["val_top1_ci95"] = agg["val_top1_ci95"].to_numpy(dtype=float)
+    out["train_time_s_mean"] = agg["train_time_s_mean"].to_numpy(dtype=float)
+    paper = _paper_columns(spec, reference)
+    out = pd.concat([out, paper], axis=1)
+    out["note"] = [("baseline" + ("; " + n if n else "")) if rid == base else n for rid, n in zip(ids, agg["note"])]
+    return out
+
+
+def _values(frame: pd.DataFrame, row_id: str, metric: str) -> np.ndarray:
+    sel = frame[(frame["row"] == row_id) & (frame["status"] == "completed")]
+    return pd.to_numeric(sel[metric], errors="coerce").dropna().to_numpy(dtype=float)
+
+
+def _pct(value: float, base: float) -> float:
+    if value is None or base is None or pd.isna(value) or pd.isna(base) or base == 0:
+        return math.nan
+    return (float(value) / float(base) - 1.0) * 100.0
+
+
+PAPER_COLUMNS = ["paper_params_m", "paper_bflops", "paper_bflops_delta_pct", "paper_top1", "paper_top1_delta"]
+
+
+def reference_row(reference: pd.DataFrame | None, row: Row) -> pd.Series | None:
+    """The reference.csv row published for ``row`` (matched on the row's ``paper`` keys)."""
+    if reference is None or reference.empty:
+        return None
+    mask = pd.Series(True, index=reference.index)
+    for key, want in row.paper.items():
+        if key in reference:
+            mask &= _matches(reference[key], want).fillna(False)
+    hits = reference[mask]
+    if len(hits) > 1:
+        log.warning("several reference rows match %s; using the first", row.id)
+    return hits.iloc[0] if len(hits) else None
+
+
+def _paper_columns(spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataFrame:
+    """Published values; a delta is the stated one when stated against our baseline, else
+    computed from the published values of both rows when both exist."""
+    refs = {row.id: reference_row(reference, row) for row in spec.rows}
+    base = refs.get(spec.baseline)
+
+    def get(ref, key):
+        return float(ref[key]) if ref is not None and key in ref and pd.notna(ref[key]) else math.nan
+
+    records = []
+    for row in spec.rows:
+        ref = refs[row.id]
+        stated_vs_base = ref is not None and str(ref.get("delta_vs")) == str(spec.reference_baseline)
+        rec = {
+            "paper_params_m": get(ref, "params_m"),
+            "paper_bflops": get(ref, "bflops"),
+            "paper_top1": get(ref, "top1"),
+        }
+        bflops_delta = get(ref, "bflops_delta_pct") if stated_vs_base else math.nan
+        if math.isnan(bflops_delta):
+            bflops_delta = _pct(rec["paper_bflops"], get(base, "bflops"))
+        top1_delta = get(ref, "top1_delta") if stated_vs_base else math.nan
+        if math.isnan(top1_delta):
+            top1_delta = rec["paper_top1"] - get(base, "top1")
+        rec["paper_bflops_delta_pct"] = bflops_delta
+        rec["paper_top1_delta"] = top1_delta
+        records.append(rec)
+    return pd.DataFrame(records, columns=PAPER_COLUMNS)
+
+
+# ---- claims -----------------------------------------------------------------------------
+def judge_compute(measured: float, claim: Claim) -> tuple[str, str]:
+    """Exact numbers, no interval: see the verdict rule in ``csp_ablate.report``."""
+    if measured is None or math.isnan(measured):
+        return "inconclusive", "no cost for one of the two rows"
+    if claim.paper is not None:
+        tol = max(COMPUTE_ABS_TOL, COMPUTE_REL_TOL * abs(claim.paper))
+        same_sign = np.sign(measured) == np.sign(claim.paper)
+        if same_sign and abs(measured - claim.paper) <= tol:
+            return "reproduced", f"{measured:+.1f} % is within ±{tol:.1f} of {claim.paper:+g} %"
+        why = "opposite sign" if not same_sign else f"off by {measured - claim.paper:+.1f} (tolerance ±{tol:.1f})"
+        return "contradicted", f"{measured:+.1f} % vs {claim.paper:+g} %: {why}"
+    want = 1.0 if claim.direction == "increase" else -1.0
+    if np.sign(measured) == want and abs(measured) >= claim.min_effect:
+        return "reproduced", f"{measured:+.1f} % is a {claim.direction} of at least {claim.min_effect:g} %"
+    return "contradicted", f"{measured:+.1f} % is not a {claim.direction} of at least {claim.min_effect:g} %"
+
+
+def judge_accuracy(delta: float, ci: float, claim: Claim) -> tuple[str, str]:
+    """Mean delta and its 95 % CI half-width: see the verdict rule in ``csp_ablate.report``."""
+    if delta is None or math.isnan(delta):
+        return "inconclusive", "no completed runs for one of the two rows"
+    if ci is None or math.isnan(ci):
+        return "inconclusive", "no interval (fewer than 2 seeds in a row)"
+    lo, hi = delta - ci, delta + ci
+    span = f"{delta:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    if claim.paper is not None:
+        p = claim.paper
+        if not lo <= p <= hi:
+            return "contradicted", f"{span} excludes the paper's {p:+g}"
+        if np.sign(delta) == np.sign(p):
+            return "reproduced", f"{span} contains {p:+g}, same sign"
+        return "inconclusive", f"{span} contains {p:+g} but the mean has the other sign"
+    if (claim.direction == "increase" and lo > 0) or (claim.direction == "decrease" and hi < 0):
+        return "reproduced", f"{span} lies entirely on the claimed side of 0"
+    if (claim.direction == "increase" and hi < 0) or (claim.direction == "decrease" and lo > 0):
+        return "contradicted", f"{span} lies entirely on the other side of 0"
+    return "inconclusive", f"{span} contains 0"
+
+
+CLAIM_COLUMNS = [
+    "claim", "text", "source", "row", "vs", "metric", "paper", "direction", "measured", "ci95",
+    "ci95_low", "ci95_high", "n", "n_vs", "verdict", "reason",
+]
+
+
+def claims_table(runs: pd.DataFrame, table: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """One row per claim: the paper's effect, ours (with CI for accuracy), the verdict."""
+    frame = runs.assign(row=assign_rows(runs, spec))
+    by_row = table.set_index("row")
+    records = []
+    for claim in spec.claims:
+        rec: dict[str, Any] = {
+            "claim": claim.id, "text": claim.text, "source": claim.source, "row": claim.row, "vs": claim.vs,
+            "metric": claim.metric, "paper": claim.paper, "direction": claim.direction,
+            "n": int(by_row.at[claim.row, "n"]), "n_vs": int(by_row.at[claim.vs, "n"]),
+        }
+        if claim.metric == "bflops":
+            measured = _pct(by_row.at[claim.row, "bflops"], by_row.at[claim.vs, "bflops"])
+            rec.update(measured=measured, ci95=math.nan, ci95_low=math.nan, ci95_high=math.nan)
+            rec["verdict"], rec["reason"] = judge_compute(measured, claim)
+        else:
+            delta, ci = welch_delta_ci(_values(frame, claim.row, "top1"), _values(frame, claim.vs, "top1"))
+            rec.update(measured=delta, ci95=ci, ci95_low=delta - ci, ci95_high=delta + ci)
+            rec["verdict"], rec["reason"] = judge_accuracy(delta, ci, claim)
+        records.append(rec)
+    return pd.DataFrame(records, columns=CLAIM_COLUMNS)

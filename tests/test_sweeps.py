@@ -1,0 +1,266 @@
+"""Named sweeps end to end in subprocesses, as a user runs them (tier=smoke, a few rows): the
+callback's report, the report rebuilt from records alone, failure isolation, resume after a
+kill, force, the joblib launcher, the W&B report run (read back from the offline files; slow:
+every job as a W&B run) and the analysis notebook."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli
+from csp_ablate.record import RECORD_KEYS
+
+REPORT_TEXT = ("runs.csv", "summary.csv", "summary.md", "table1.csv", "table1.md", "claims.csv", "claims.md")
+TABLE1_ROWS = ("peleenet", "csp_g50_csp", "csp_g50_last")
+
+
+def count_lines(stdout: str, prefix: str) -> int:
+    """Lines that start with ``prefix`` (the bare lines a job prints, not their log copies)."""
+    return sum(line.startswith(prefix) for line in stdout.splitlines())
+
+
+def records(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/record.json"))]
+
+
+@pytest.fixture(scope="module")
+def table1_smoke(tmp_path_factory, data_override):
+    """`sweep=table1` restricted to three rows x two seeds, tier=smoke (6 jobs)."""
+    sweep_dir = tmp_path_factory.mktemp("table1") / "sweep"
+    proc = run_cli(
+        "-m", "sweep=table1", "tier=smoke", "logger=none", "seed=0,1", f"variant={','.join(TABLE1_ROWS)}",
+        f"hydra.sweep.dir={sweep_dir}", *data_override,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir, proc
+
+
+def test_table1_smoke_sweep_end_to_end(table1_smoke):
+    sweep_dir, proc = table1_smoke
+    assert "[csp_ablate.report] table1: 6 completed, 0 failed" in proc.stdout
+    for name in REPORT_TEXT:
+        assert (sweep_dir / name).is_file(), name
+    runs = pd.read_csv(sweep_dir / "runs.csv")
+    assert list(runs.columns) == RECORD_KEYS
+    assert len(runs) == 6 and set(runs["status"]) == {"completed"} and set(runs["sweep"]) == {"table1"}
+    assert sorted(runs["seed"].unique()) == [0, 1]
+    table = pd.read_csv(sweep_dir / "table1.csv").set_index("row")
+    assert len(table) == 13 and table.index[0] == "peleenet"  # all the paper's rows, in its order
+    assert all(table.loc[row, "n"] == 2 for row in TABLE1_ROWS)
+    assert table.loc["speleenet", "n"] == 0 and table.loc["speleenet", "note"] == "not run"
+    csp = runs[(runs["model"] == "csppeleenet") & (runs["fusion"] == "csp")]
+    assert table.loc["csp_g50_csp", "top1_mean"] == pytest.approx(csp["top1"].mean(), abs=1e-4)
+    assert table.loc["csp_g50_csp", "bflops_delta_pct"] == pytest.approx(-12.1, abs=0.1)  # FACTS.md
+    claims = pd.read_csv(sweep_dir / "claims.csv").set_index("claim")
+    assert claims.loc["csp_g50_bflops", "verdict"] == "reproduced"  # -12.1 % vs the paper's -13 %
+    assert claims.loc["last_g50_bflops", "verdict"] == "reproduced"  # -24.5 % vs "-21 %"
+    assert claims.loc["csp_g25_top1", "verdict"] == "inconclusive"  # row not in this grid
+    assert not list(sweep_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("fixture, files", [
+    ("table1_smoke", REPORT_TEXT),
+    ("figure4_smoke", ("runs.csv", "summary.csv", "summary.md", "figure4.csv", "figure4.md", "claims.csv",
+                       "claims.md", "figure4.png", "figure4.svg")),
+])
+def test_report_rebuilt_from_records_equals_callback_output(fixture, files, request, tmp_path):
+    sweep_dir, _ = request.getfixturevalue(fixture)
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns(*files, "wandb"))
+    assert not (copy / "runs.csv").exists()
+    proc = run_cli(str(copy), module="csp_ablate.report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in files:
+        assert filecmp.cmp(sweep_dir / name, copy / name, shallow=False), name
+
+
+def test_notebook_executes_against_a_smoke_sweep(figure4_smoke, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    sweep_dir, _ = figure4_smoke
+    monkeypatch.setenv("CSP_SWEEP_DIR", str(sweep_dir))
+    nb = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "4 jobs" in text and "Figure 4: effect of truncating the gradient flow" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the report's figure + the scatter
+
+
+def _wandb_records(run_dir: Path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from csp_ablate.wandb_offline import iter_chunks
+
+    for chunk in iter_chunks(next(run_dir.glob("run-*.wandb"))):
+        rec = pb.Record()
+        rec.ParseFromString(chunk)
+        yield rec.WhichOneof("record_type"), rec
+
+
+@pytest.fixture(scope="module")
+def figure4_smoke(tmp_path_factory, data_override):
+    """`sweep=figure4`, tier=smoke, one seed (4 jobs); jobs log nothing, the report run goes to W&B."""
+    sweep_dir = tmp_path_factory.mktemp("figure4") / "sweep"
+    proc = run_cli("-m", "sweep=figure4", "tier=smoke", "logger=none", "seed=0", "hydra.callbacks.report.wandb=always",
+                   f"hydra.sweep.dir={sweep_dir}", *data_override, env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir, proc
+
+
+def test_figure4_smoke_sweep_end_to_end(figure4_smoke):
+    sweep_dir, proc = figure4_smoke
+    assert "[csp_ablate.report] figure4: 4 completed, 0 failed" in proc.stdout
+    for name in ("figure4.png", "figure4.svg", "figure4.csv", "figure4.md", "claims.csv", "claims.md"):
+        assert (sweep_dir / name).stat().st_size > 0, name
+    table = pd.read_csv(sweep_dir / "figure4.csv")
+    assert list(table["fusion"]) == ["none", "csp", "first", "last"] and set(table["n"]) == {1}
+    claims = pd.read_csv(sweep_dir / "claims.csv").set_index("claim")
+    assert claims.loc["f4_first_bflops", "verdict"] == "reproduced"
+    assert claims.loc["f4_first_top1", "verdict"] == "inconclusive"  # one seed: no interval
+    svg = (sweep_dir / "figure4.svg").read_text()
+    for label in ("BFLOPs", "top-1", "(a) single path", "(b) CSP", "(c) fusion first", "(d) fusion last"):
+        assert label in svg, label
+
+
+def test_wandb_report_run_holds_tables_figure_and_artifact(figure4_smoke):
+    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+
+    sweep_dir, proc = figure4_smoke
+    (report_dir,) = find_offline_runs(sweep_dir)  # the jobs ran with logger=none
+    assert report_dir.parent.parent == sweep_dir
+    (meta,) = [rec.run for kind, rec in _wandb_records(report_dir) if kind == "run"]
+    assert (meta.job_type, meta.run_group) == ("report", "figure4")
+    run = read_offline_run(report_dir)
+    (logged,) = run["history"]
+    assert logged["figure4/_type"] == "table-file" and logged["claims/_type"] == "table-file"
+    assert logged["plot/figure4/_type"] == "image-file"
+    assert run["summary"]["n_completed"] == 4
+    artifacts = {rec.artifact.name: [m.path for m in rec.artifact.manifest.contents]
+                 for kind, rec in _wandb_records(report_dir) if kind == "artifact"}
+    assert {"runs.csv", "figure4.csv", "claims.csv", "figure4.png", "figure4.svg"} <= set(artifacts["report-figure4"])
+
+
+@pytest.mark.slow
+def test_wandb_sweep_jobs_are_train_runs_in_the_sweep_group(tmp_path, data_override):
+    from csp_ablate.wandb_offline import find_offline_runs
+
+    sweep_dir = tmp_path / "figure4"
+    proc = run_cli("-m", "sweep=figure4", "fusion=none,last", "tier=smoke", "logger=wandb", "seed=0",
+                   f"hydra.sweep.dir={sweep_dir}", *data_override, env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    groups = {}
+    for run_dir in find_offline_runs(sweep_dir):
+        (meta,) = [rec.run for kind, rec in _wandb_records(run_dir) if kind == "run"]
+        groups.setdefault(meta.job_type, []).append(meta.run_group)
+    assert groups == {"train": ["figure4", "figure4"], "report": ["figure4"]}
+
+
+def test_failed_job_is_isolated_and_rerun_resumes_then_force_reruns(tmp_path, tiny_fmnist):
+    """A bad data root for one grid point: the sweep goes on, the report marks the gap; a rerun
+    skips the completed job and retries the failed one; force=true reruns both."""
+    sweep_dir = tmp_path / "adhoc"
+    args = ("-m", f"data.root={tiny_fmnist},/nonexistent/fmnist", "data.val_size=200", "tier=smoke", "logger=none",
+            f"hydra.sweep.dir={sweep_dir}")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[csp_ablate.report] adhoc: 1 completed, 1 failed" in first.stdout
+    runs = pd.read_csv(sweep_dir / "runs.csv")
+    assert list(runs["status"]) == ["completed", "failed"] and "/nonexistent/fmnist" in runs["error"].iloc[1]
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert summary["n"].tolist() == [1, 0] and summary["n_failed"].tolist() == [0, 1]
+    assert "no completed run; 1 failed" in (sweep_dir / "summary.md").read_text()
+    done_before = records(sweep_dir)[0]
+
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert count_lines(second.stdout, "[csp_ablate] skipped:") == 1
+    assert count_lines(second.stdout, "[csp_ablate] completed:") == 0
+    assert records(sweep_dir)[0] == done_before  # untouched, not rerun
+    assert records(sweep_dir)[1]["status"] == "failed"  # retried (and failed again)
+
+    forced = run_cli(*args, "force=true")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert count_lines(forced.stdout, "[csp_ablate] skipped:") == 0
+    assert count_lines(forced.stdout, "[csp_ablate] completed:") == 1
+    assert records(sweep_dir)[0]["started_at"] >= done_before["finished_at"]
+    assert records(sweep_dir)[0]["config_hash"] == done_before["config_hash"]  # force is not part of the hash
+
+
+def _reap_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of the killed sweep's process group (a worker being spawned while
+    SIGTERM went out), so nothing of it can write into the sweep dir during the rerun."""
+    for _ in range(100):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("launcher", [
+    pytest.param(("seed=0,1,2",), id="adhoc-basic"),
+    pytest.param(("sweep=figure4", "fusion=none", "seed=0,1,2"), id="named-joblib", marks=pytest.mark.slow),
+])
+def test_killed_sweep_keeps_finished_records_and_resumes(launcher, tmp_path, data_override):
+    """SIGTERM the sweep once its first job finished; rerun: only the missing jobs run."""
+    sweep_dir = tmp_path / "killed"
+    args = ["-m", *launcher, "tier=smoke", "logger=none", f"hydra.sweep.dir={sweep_dir}", *data_override]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "csp_ablate", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(sweep_dir.glob("*/record.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)  # the launcher and its workers
+        proc.wait(timeout=60)
+    finally:
+        _reap_group(proc)
+    before = records(sweep_dir)  # every record left behind is whole JSON
+    assert before and all(r["status"] == "completed" for r in before)
+    assert len(before) < 3, "the sweep finished before it could be killed"
+    assert not (sweep_dir / "runs.csv").exists() and not list(sweep_dir.rglob(".*.tmp"))
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert count_lines(rerun.stdout, "[csp_ablate] skipped:") == len(before)
+    assert count_lines(rerun.stdout, "[csp_ablate] completed:") == 3 - len(before)
+    after = records(sweep_dir)
+    assert sorted(r["seed"] for r in after) == [0, 1, 2] and all(r["status"] == "completed" for r in after)
+    assert all(r in after for r in before)  # finished records untouched
+    runs = pd.read_csv(sweep_dir / "runs.csv")
+    assert len(runs) == 3 and pd.read_csv(sweep_dir / "summary.csv")["n"].tolist() == [3]
+
+
+def test_joblib_launcher_runs_two_jobs_at_once_and_aggregates_exactly(tmp_path, data_override):
+    """Named sweeps default to conf/hydra/launcher/joblib2.yaml: two jobs at once."""
+    sweep_dir = tmp_path / "joblib"
+    proc = run_cli("-m", "sweep=figure4", "fusion=csp,last", "seed=0,1", "tier=smoke", "logger=none",
+                   f"hydra.sweep.dir={sweep_dir}", *data_override)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[csp_ablate.report] figure4: 4 completed, 0 failed" in proc.stdout
+    runs = pd.read_csv(sweep_dir / "runs.csv")
+    table = pd.read_csv(sweep_dir / "figure4.csv").set_index("fusion")
+    for fusion in ("csp", "last"):
+        mine = runs.loc[runs["fusion"] == fusion, "top1"]
+        assert table.loc[fusion, "n"] == 2 and table.loc[fusion, "top1_mean"] == pytest.approx(mine.mean(), abs=1e-4)
+    # each of the two workers gave its jobs half of the cores
+    cpus = os.cpu_count() or 1
+    logs = "".join(p.read_text() for p in sweep_dir.glob("*/*.log"))
+    assert logs.count(f"1 process(es) x {max(1, cpus // 2)} thread(s)") == 4

@@ -1,0 +1,94 @@
+"""Framework overhead: a `python -m csp_ablate` proxy job vs a minimal hand-written loop.
+
+Same model, data pipeline, batch size, threads and precision. Throughput is measured
+differentially: each side trains N1 and N2 steps and the rate is (N2 - N1) x batch / (t2 - t1),
+so fixed costs (model build, W&B start, dataloader warm-up) cancel and what remains is the
+per-step cost, Lightning's progress bar, logging and W&B (offline, as configured by default)
+included. Target (issue 8): ratio >= 0.95.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+from benchmarks.common import QUICK, REPO, write_result
+
+TARGET = 0.95
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def framework_fit_seconds(steps: int, out: str) -> float:
+    """`train.run` as the CLI runs it (proxy tier, default W&B logger offline, progress bar)."""
+    import os
+
+    from csp_ablate.train import run
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    cfg = _compose(f"output_dir={out}", f"trainer.max_steps={steps}", "trainer.limit_val_batches=0",
+                   "trainer.limit_test_batches=1", "profile.fps=false")
+    return run(cfg)["train_time_s"]
+
+
+def hand_loop_seconds(steps: int) -> float:
+    """The same model, data and optimiser in a plain PyTorch loop."""
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+
+    from csp_ablate.train import build_model
+
+    cfg = _compose("output_dir=/tmp/unused")
+    torch.manual_seed(0)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
+    fmt = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format  # as the job does
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.task.lr, momentum=cfg.task.momentum,
+                          weight_decay=cfg.task.weight_decay)
+    model.train()
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        for x, y in dm.train_dataloader():
+            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    n1, n2, repeats = (5, 25, 1) if QUICK else (20, 120, 3)
+    batch = int(_compose("output_dir=/tmp/x").data.batch_size)
+    rows = []
+    for rep in range(repeats):  # interleave the two sides so machine drift hits both
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            fw = (n2 - n1) * batch / (framework_fit_seconds(n2, a) - framework_fit_seconds(n1, b))
+        hand = (n2 - n1) * batch / (hand_loop_seconds(n2) - hand_loop_seconds(n1))
+        rows.append({"repeat": rep, "framework_img_s": round(fw, 1), "hand_loop_img_s": round(hand, 1),
+                     "ratio": round(fw / hand, 3), "steps": f"{n1}->{n2}", "batch": batch})
+    ratio = statistics.median(r["ratio"] for r in rows)
+    for r in rows:
+        r.update(median_ratio=round(ratio, 3), target=TARGET, passed=ratio >= TARGET)
+    write_result("overhead", rows,
+                 f"csp_ablate job {statistics.median(r['framework_img_s'] for r in rows):.0f} img/s vs hand loop "
+                 f"{statistics.median(r['hand_loop_img_s'] for r in rows):.0f} img/s: ratio {ratio:.3f} "
+                 f"(target >= {TARGET}: {'pass' if ratio >= TARGET else 'FAIL'})")
+
+
+if __name__ == "__main__":
+    main()

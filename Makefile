@@ -20,7 +20,7 @@ test: setup         ## fast test suite
 	$(PY) -m pytest
 test-all: setup     ## including tests marked slow
 	$(PY) -m pytest -m "slow or not slow"
-BENCHES := bench_startup bench_data bench_overhead bench_train_speed bench_inference bench_job_overhead bench_ddp bench_imagefolder
+BENCHES := bench_startup bench_report bench_data bench_overhead bench_train_speed bench_inference bench_job_overhead bench_ddp bench_imagefolder
 bench: setup        ## benchmarks -> results/bench/*.csv + summary.md (BENCH_QUICK=1: tiny, results/bench/quick/)
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done
 clean:

@@ -92,10 +92,14 @@ def summary_line(record: dict[str, Any], path) -> str:
         f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "activation", "tier", "seed")
         if record.get(k) is not None
     )
+
+    def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)
+        return "n/a" if record.get(key) is None else format(record[key], fmt)
+
     return (
-        f"[csp_ablate] {record['status']}: {axes} | top1={record['top1']:.2f}% "
-        f"val_top1={record['val_top1']:.2f}% params={record['params_m']:.3f}M "
-        f"bflops={record['bflops']:.3f} train={record['train_time_s']:.0f}s | record: {path}"
+        f"[csp_ablate] {record['status']}: {axes} | top1={num('top1', '.2f')}% "
+        f"val_top1={num('val_top1', '.2f')}% params={num('params_m', '.3f')}M "
+        f"bflops={num('bflops', '.3f')} train={num('train_time_s', '.0f')}s | record: {path}"
     )
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import REPO
 
-BENCHES = ["bench_startup", "bench_data", "bench_overhead", "bench_train_speed", "bench_inference",
+BENCHES = ["bench_startup", "bench_report", "bench_data", "bench_overhead", "bench_train_speed", "bench_inference",
            "bench_job_overhead"]
-CSV = {"bench_startup": "startup", "bench_data": "data_pipeline", "bench_overhead": "overhead",
+CSV = {"bench_startup": "startup", "bench_report": "report_scaling", "bench_data": "data_pipeline", "bench_overhead": "overhead",
        "bench_train_speed": "train_speed", "bench_inference": "inference", "bench_job_overhead": "job_overhead"}
 
 

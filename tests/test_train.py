@@ -62,3 +62,14 @@ def test_training_learns_a_learnable_set(compose, tiny_fmnist, tmp_path):
     rec = _tiny_run(compose, tiny_fmnist, tmp_path, "model=peleenet", "trainer.max_epochs=4", "task.lr=0.05")
     assert rec["status"] == "completed"
     assert rec["top1"] > 60.0, rec
+
+
+def test_summary_line_tolerates_missing_metrics():
+    """A run without validation (trainer.limit_val_batches=0) still prints its summary line."""
+    from csp_ablate.record import RECORD_KEYS
+    from csp_ablate.train import summary_line
+
+    rec = dict.fromkeys(RECORD_KEYS) | {"status": "completed", "model": "peleenet", "top1": 88.5,
+                                         "params_m": 2.8, "bflops": 1.016, "train_time_s": 12.0}
+    line = summary_line(rec, "/tmp/record.json")
+    assert "top1=88.50%" in line and "val_top1=n/a%" in line and "record: /tmp/record.json" in line

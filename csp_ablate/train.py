@@ -87,18 +87,69 @@ def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
     }
 
 
+def resolve_anchors(cfg: DictConfig, datamodule) -> list[list[list[float]]]:
+    """``detector.anchors``: explicit pixels, or ``auto`` = k-means on the training boxes."""
+    anchors = cfg.detector.get("anchors", "auto")
+    if anchors in (None, "auto"):
+        from csp_ablate.models.heads import kmeans_anchors
+
+        boxes = datamodule.train_boxes_wh()
+        found = kmeans_anchors(boxes, seed=0)
+        log.info("anchors (k-means on %d training boxes, input pixels): %s", len(boxes), found)
+        return [[list(a) for a in scale] for scale in found]
+    anchors = OmegaConf.to_container(anchors, resolve=True) if not isinstance(anchors, list) else anchors
+    if len(anchors) != 3 or any(len(scale) < 1 or any(len(a) != 2 for a in scale) for scale in anchors):
+        raise ConfigError.bad_value("detector.anchors", anchors, "auto, or 3 scales of [w, h] pairs (input pixels)")
+    return anchors
+
+
+def build_detector_from_cfg(cfg: DictConfig, num_classes: int, anchors, in_chans: int) -> nn.Module:
+    from csp_ablate.models.detector import build_detector
+
+    return build_detector(
+        OmegaConf.to_container(cfg.model, resolve=True), cfg.neck, list(cfg.get("extras") or []),
+        num_classes=num_classes, anchors=anchors, in_chans=in_chans,
+        neck_channels=int(cfg.detector.get("neck_channels", 128)),
+    )
+
+
+def measure_detector_cost(cfg: DictConfig, model: nn.Module, anchors) -> dict[str, Any]:
+    """Whole detector (backbone + neck + head) at the paper's input (320², 80 classes); as trained."""
+    paper_model = build_detector_from_cfg(cfg, cfg.profile.paper_num_classes, anchors, in_chans=3)
+    paper = profile.model_cost(paper_model, cfg.profile.paper_img_size, 3)
+    return {
+        "params_m": round(paper["params_m"], 4),
+        "bflops": round(paper["bflops"], 4),
+        "cio_m": round(paper["cio_m"], 4),
+        "bflops_train": round(profile.count_bflops(model, cfg.data.img_size, cfg.data.channels), 5),
+    }
+
+
+def build_task_model(cfg: DictConfig, datamodule, rank_zero: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model, extra task kwargs, cost) for ``cfg.task.name``; only rank 0 counts the cost."""
+    if cfg.task.name == "detection":
+        anchors = resolve_anchors(cfg, datamodule)
+        model = build_detector_from_cfg(cfg, datamodule.num_classes, anchors, in_chans=cfg.data.channels)
+        cost = measure_detector_cost(cfg, model, anchors) if rank_zero else {}
+        box_loss = "giou" if "giou" in (cfg.get("extras") or []) else "mse"
+        return model, {"box_loss": box_loss, "seed": int(cfg.seed)}, cost
+    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
+    return model, {}, (measure_cost(cfg, model) if rank_zero else {})
+
+
 def summary_line(record: dict[str, Any], path) -> str:
     axes = " ".join(
-        f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "activation", "tier", "seed")
+        f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "neck", "extras", "activation", "tier", "seed")
         if record.get(k) is not None
     )
 
     def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)
         return "n/a" if record.get(key) is None else format(record[key], fmt)
 
+    quality = (f"ap={num('ap', '.2f')}% ap50={num('ap50', '.2f')}%" if record.get("task") == "detection"
+               else f"top1={num('top1', '.2f')}% val_top1={num('val_top1', '.2f')}%")
     return (
-        f"[csp_ablate] {record['status']}: {axes} | top1={num('top1', '.2f')}% "
-        f"val_top1={num('val_top1', '.2f')}% params={num('params_m', '.3f')}M "
+        f"[csp_ablate] {record['status']}: {axes} | {quality} params={num('params_m', '.3f')}M "
         f"bflops={num('bflops', '.3f')} train={num('train_time_s', '.0f')}s | record: {path}"
     )
 
@@ -113,6 +164,8 @@ def check_schedule(cfg: DictConfig) -> None:
             f"8,000,000. Set trainer.max_steps=<steps> (or add the model to "
             f"paper_schedule.classification.steps_by_model in conf/tier/paper.yaml)."
         )
+    if cfg.get("tier") == "paper" and "FashionDet" in str(cfg.data.get("_target_", "")):
+        log.warning("tier=paper with data=fashion_det: the paper's schedule is for COCO (data=coco data.root=...)")
     if cfg.get("tier") == "paper" and "FashionMNIST" in str(cfg.data.get("_target_", "")):
         log.warning("tier=paper with data=fashion_mnist: the paper's schedule is for ImageNet (data=imagenet data.root=...)")
     if trainer.get("max_epochs") is None and int(trainer.max_steps) < 0:
@@ -174,14 +227,16 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
 
-    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
-    if rank_zero:  # ranks > 0 skip the (CPU-heavy) count: only rank 0 writes the record
-        record.update(measure_cost(cfg, model))
+    # ranks > 0 skip the (CPU-heavy) count: only rank 0 writes the record
+    model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)
+    record.update(cost)
+    detection = cfg.task.name == "detection"
     task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
     channels_last = bool(cfg.trainer.get("channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last)
+    task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last,
+                       **extra_kwargs)
     if cfg.trainer.get("compile", False):
         task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
 
@@ -243,16 +298,33 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
-        if resumed is not None and "val/top1" not in trainer.callback_metrics:  # resumed at the end
-            trainer.validate(task, datamodule=data, verbose=False)
-        record["val_top1"] = _metric(trainer, "val/top1")
-        n_val = _metric(trainer, "val/n")
-        (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
-        record["top1"] = round(float(test_metrics["test/top1"]), 4)
-        n_test = int(test_metrics.get("test/n", 0))
+        if detection:  # COCO has no labelled test split: the record's AP is the final val AP
+            if "val/ap" not in trainer.callback_metrics:
+                trainer.validate(task, datamodule=data, verbose=False)
+            record["ap"], record["ap50"] = _metric(trainer, "val/ap"), _metric(trainer, "val/ap50")
+            n_val = _metric(trainer, "val/n")
+            n_test = int(n_val or 0)
+        else:
+            if resumed is not None and "val/top1" not in trainer.callback_metrics:  # resumed at the end
+                trainer.validate(task, datamodule=data, verbose=False)
+            record["val_top1"] = _metric(trainer, "val/top1")
+            n_val = _metric(trainer, "val/n")
+            (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
+            record["top1"] = round(float(test_metrics["test/top1"]), 4)
+            n_test = int(test_metrics.get("test/n", 0))
         if not trainer.is_global_zero:
             return record  # ranks > 0 trained and evaluated their share; rank 0 reports
-        if cfg.profile.fps:
+        if cfg.profile.fps and detection:  # whole detector (forward + decode + NMS) at the paper's input
+            from csp_ablate.models.detector import DetectorInference
+
+            infer = DetectorInference(model, conf_thresh=cfg.task.conf_thresh, nms_iou=cfg.task.nms_iou,
+                                      max_det=cfg.task.max_det)
+            record.update(
+                fps=round(profile.measure_fps(infer, cfg.profile.paper_img_size, cfg.data.channels, batch=1), 1),
+                fps_device=str(next(model.parameters()).device),
+                fps_batch=1,
+            )
+        elif cfg.profile.fps:
             record.update(
                 fps=round(profile.measure_fps(model, cfg.data.img_size, cfg.data.channels, batch=1), 1),
                 fps_device=str(next(model.parameters()).device),
@@ -285,7 +357,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     path = write_record(cfg, record)
     line = summary_line(record, path)
     log.info(
-        "%s | test top-1 over %d images, step %d, launch %d%s, %d process(es) x %d thread(s)",
+        "%s | evaluated on %d images, step %d, launch %d%s, %d process(es) x %d thread(s)",
         line, n_test, trainer.global_step, launch,
         f" (resumed from step {resumed['global_step']})" if resumed else "", trainer.world_size, threads,
     )

@@ -35,7 +35,7 @@ from csp_ablate.distributed import (
     resolve_precision,
 )
 from csp_ablate.errors import ConfigError
-from csp_ablate.loggers import build_logger, finish_logger
+from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
 from csp_ablate.record import base_record, now_iso, output_dir, write_record
 
 log = logging.getLogger("csp_ablate")
@@ -225,10 +225,20 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    # W&B's start-up overlaps data decode + model build; only for a fresh run, so a bad
+    # checkpoint still fails before any W&B run exists (resumes open it lazily, as before)
+    ck_enabled = bool((cfg.get("checkpoint") or {}).get("enabled", True))
+    fresh = not ck_enabled or ckpt.resume_path(cfg, out) is None
+    early = start_wandb_early(cfg, record) if (rank_zero and fresh) else None
+    try:
+        datamodule.setup("fit")
+        parts = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0 skip the cost count
+    except BaseException:
+        if early is not None:
+            early.abort()
+        raise
+    model, extra_kwargs, cost = parts
 
-    # ranks > 0 skip the (CPU-heavy) count: only rank 0 writes the record
-    model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)
     record.update(cost)
     detection = cfg.task.name == "detection"
     task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
@@ -241,7 +251,6 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
 
     # resume: decided and checked before W&B opens a run, so a bad checkpoint costs nothing
-    ck_enabled = bool((cfg.get("checkpoint") or {}).get("enabled", True))
     fingerprint = ckpt.fingerprint(cfg)
     resume = ckpt.resume_path(cfg, out) if ck_enabled else None
     resumed = ckpt.inspect_checkpoint(resume, fingerprint) if resume is not None else None
@@ -251,7 +260,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
     stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
-    logger = build_logger(cfg, record)
+    logger = build_logger(cfg, record, early=early)
     if resumed is not None:
         _continue_wandb_run(logger, history)
     callbacks: list[L.Callback] = []

@@ -307,6 +307,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
+        eval_start = time.perf_counter()
         if detection:  # COCO has no labelled test split: the record's AP is the final val AP
             if "val/ap" not in trainer.callback_metrics:
                 trainer.validate(task, datamodule=data, verbose=False)
@@ -321,6 +322,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
             record["top1"] = round(float(test_metrics["test/top1"]), 4)
             n_test = int(test_metrics.get("test/n", 0))
+        eval_time = round(time.perf_counter() - eval_start, 2)  # the final evaluation, after fit
         if not trainer.is_global_zero:
             return record  # ranks > 0 trained and evaluated their share; rank 0 reports
         if cfg.profile.fps and detection:  # whole detector (forward + decode + NMS) at the paper's input
@@ -346,7 +348,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         extra = {
             "test_n": n_test, "val_n": n_val, "global_step": trainer.global_step,
             "launches": launch, "resumed_from_step": resumed["global_step"] if resumed else None,
-            "world_size": trainer.world_size, "threads": threads,
+            "world_size": trainer.world_size, "threads": threads, "eval_time_s": eval_time,
         }
         if _wandb(logger) is not None:
             logger.experiment.summary.update(extra)

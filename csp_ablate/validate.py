@@ -16,7 +16,7 @@ from csp_ablate.errors import ConfigError
 
 FUSIONS = ("none", "csp", "first", "last")
 ACTIVATIONS = ("leaky", "relu", "swish", "mish")
-NECKS = ("prn", "cem_sam", "gfm", "efm")
+NECKS = ("prn", "cem_sam", "gfm", "efm", "fpn", "yolov3")  # fpn = prn; yolov3: Figure 7's PeleeNet-YOLO
 EXTRAS = ("giou", "spp", "sam", "swish")
 TIERS = ("smoke", "proxy", "paper")
 

@@ -15,7 +15,7 @@ from csp_ablate.models.detector import (
 from csp_ablate.models.heads import (
     YOLOV3_ANCHORS, YoloLoss, decode_boxes, giou_loss, kmeans_anchors, postprocess, shape_iou,
 )
-from csp_ablate.models.necks import CEMSAM, EFM, GFM, NECKS, PRN, SPP, SpatialAttention
+from csp_ablate.models.necks import CEMSAM, EFM, GFM, NECKS, PRN, SPP, SpatialAttention, YOLOv3Neck
 
 from conftest import run_cli
 
@@ -74,7 +74,7 @@ def test_spp_and_sam_keep_shapes_and_pass_gradients():
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("neck", ["prn", "cem_sam", "gfm", "efm"])
+@pytest.mark.parametrize("neck", ["prn", "cem_sam", "gfm", "efm", "yolov3"])
 @pytest.mark.parametrize("extras", [[], ["spp", "sam", "swish"]])
 def test_detector_outputs_all_scales_and_trains_the_backbone(neck, extras):
     torch.manual_seed(0)
@@ -185,7 +185,30 @@ def test_kmeans_anchors_are_deterministic_sorted_and_fit_clusters():
 
 
 def test_neck_registry_names_the_paper_rows():
-    assert {"prn", "cem_sam", "gfm", "efm"} <= set(NECKS)
+    assert {"prn", "cem_sam", "gfm", "efm"} <= set(NECKS) and NECKS["fpn"] is PRN
+
+
+def test_yolov3_neck_keeps_darknet_widths_and_the_head_doubles_them():
+    neck = YOLOv3Neck(IN_CHANNELS, 16)
+    outs = neck(_feats())
+    assert [o.shape[1] for o in outs] == neck.out_channels == [16, 32, 64]
+    model = build_detector(CSP, "yolov3", [], 10, ANCHORS_128, neck_channels=16)
+    assert [seq[0].conv.out_channels for seq in model.head.convs] == [32, 64, 128]
+
+
+def test_figure7_detection_profile_writes_tables_and_the_cut(tmp_path):
+    from csp_ablate.detection_profile import figure7
+
+    summary = figure7(tmp_path, img_size=64, num_classes=80)
+    assert list(summary["detector"]) == ["PeleeNet-YOLO", "PeleeNet-PRN", "CSPPeleeNet-EFM"]
+    yolo, _, efm = summary.to_dict("records")
+    assert yolo["bottleneck_cut_pct_vs_yolo"] == 0.0
+    expected = 100 * (efm["bottleneck_bflops"] / yolo["bottleneck_bflops"] - 1)
+    assert efm["bottleneck_cut_pct_vs_yolo"] == pytest.approx(expected)
+    assert efm["paper_cut_pct"] == -80.0 and efm["bflops"] < yolo["bflops"]
+    for name in ("figure7_detection.csv", "figure7_detection.md", "figure7_detection.png",
+                 "per_layer_csppeleenet-efm-64.csv"):
+        assert (tmp_path / name).exists(), name
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

@@ -111,12 +111,13 @@ def build_detector(model_cfg: dict[str, Any], neck: str, extras: Sequence[str], 
     kwargs.pop("drop_rate", None)
     extras = check_extras(extras)
     if neck not in NECKS:
-        raise ConfigError.bad_value("neck", neck, sorted(n for n in NECKS if n != "fpn"))
+        raise ConfigError.bad_value("neck", neck, list(NECKS))
     backbone = build_detection_backbone(name, in_chans=in_chans, **kwargs)
     channels = backbone.feature_info.channels()
     act = get_act_layer("swish" if "swish" in extras else (kwargs.get("activation") or "leaky"))
     spp = SPP(channels[-1], act_layer=act) if "spp" in extras else None
     neck_module = NECKS[neck](channels, neck_channels, act_layer=act)
     sam = nn.ModuleList(SpatialAttention(c) for c in neck_module.out_channels) if "sam" in extras else None
-    head = YoloHead(neck_module.out_channels, num_classes, anchors, act_layer=act)
+    head = YoloHead(neck_module.out_channels, num_classes, anchors, act_layer=act,
+                    expand=getattr(neck_module, "head_expand", 1))
     return YoloDetector(backbone, neck_module, head, spp=spp, sam=sam)

@@ -84,17 +84,20 @@ def shape_iou(wh_a: torch.Tensor, wh_b: torch.Tensor) -> torch.Tensor:
 
 
 class YoloHead(nn.Module):
-    """Per scale: 3×3 conv, then a 1×1 conv to ``A·(5+K)`` outputs; returns ``[B, A, H, W, 5+K]``."""
+    """Per scale: 3×3 conv (``expand`` × the input width), then a 1×1 conv to ``A·(5+K)`` outputs.
+
+    Returns ``[B, A, H, W, 5+K]`` per scale.
+    """
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, anchors: Sequence[Sequence[Sequence[float]]],
-                 act_layer: type[nn.Module] = LeakyReLU01, hidden: int | None = None) -> None:
+                 act_layer: type[nn.Module] = LeakyReLU01, expand: int = 1) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32), persistent=True)
         self.num_anchors = self.anchors.shape[1]
         outputs = self.num_anchors * (5 + num_classes)
         self.convs = nn.ModuleList(
-            nn.Sequential(ConvNormAct(c, hidden or c, 3, act_layer=act_layer), nn.Conv2d(hidden or c, outputs, 1))
+            nn.Sequential(ConvNormAct(c, expand * c, 3, act_layer=act_layer), nn.Conv2d(expand * c, outputs, 1))
             for c in in_channels
         )
         self._init_priors()

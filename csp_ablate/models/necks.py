@@ -28,6 +28,10 @@ figure (CSPNet §3.2, Fig. 6); where it is silent we follow the cited designs an
   Maxout to the raw maps; ours are first 1×1-projected to ``C`` because Maxout needs equal
   widths.
 
+* :class:`YOLOv3Neck` (``neck=yolov3``, not a Table 2 row): YOLOv3's own neck -- five-conv sets
+  (1×1/3×3 alternating) per scale, widths 128/256/512, top-down by 1×1 + upsample + concat --
+  for the paper's Figure 7 "PeleeNet-YOLO" (its head doubles the width in the 3×3 conv).
+
 The ``swish`` extra is passed in as ``act_layer`` (SiLU instead of leaky ReLU in neck + head).
 """
 
@@ -177,7 +181,51 @@ class EFM(Neck):
         return outs
 
 
-NECKS: dict[str, type[nn.Module]] = {"prn": PRN, "fpn": PRN, "cem_sam": CEMSAM, "gfm": GFM, "efm": EFM}
+class YOLOv3Neck(nn.Module):
+    """YOLOv3's neck (darknet ``yolov3.cfg``): per scale a 5-conv set, coarse to fine, with routes.
+
+    ``out_channels`` is ignored in favour of YOLOv3's widths ``(128, 256, 512)`` scaled by
+    ``width / 128`` so that PeleeNet-YOLO keeps darknet's proportions; the YOLOv3 head doubles
+    them in its 3×3 conv (``head_expand=2``).
+    """
+
+    head_expand = 2
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 128,
+                 act_layer: type[nn.Module] = LeakyReLU01) -> None:
+        super().__init__()
+        if len(in_channels) != NUM_LEVELS:
+            raise ValueError(f"YOLOv3Neck needs {NUM_LEVELS} input scales, got {len(in_channels)}")
+        widths = [out_channels * f for f in (1, 2, 4)]
+        self.in_channels, self.out_channels = list(in_channels), widths
+
+        def conv_set(c_in: int, c: int) -> nn.Sequential:  # 1x1 c, 3x3 2c, 1x1 c, 3x3 2c, 1x1 c
+            return nn.Sequential(*(ConvNormAct(c_in if i == 0 else (2 * c if i % 2 == 0 else c),
+                                               c if i % 2 == 0 else 2 * c, 1 if i % 2 == 0 else 3,
+                                               act_layer=act_layer) for i in range(5)))
+
+        self.sets = nn.ModuleList([
+            conv_set(in_channels[0] + widths[0], widths[0]),
+            conv_set(in_channels[1] + widths[1], widths[1]),
+            conv_set(in_channels[2], widths[2]),
+        ])
+        self.routes = nn.ModuleList([ConvNormAct(widths[1], widths[0], 1, act_layer=act_layer),
+                                     ConvNormAct(widths[2], widths[1], 1, act_layer=act_layer)])
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feats) != NUM_LEVELS:
+            raise ValueError(f"YOLOv3Neck expects {NUM_LEVELS} feature maps, got {len(feats)}")
+        p32 = self.sets[2](feats[2])
+        p16 = self.sets[1](torch.cat([feats[1], resize_to(self.routes[1](p32), feats[1].shape[-2:])], dim=1))
+        p8 = self.sets[0](torch.cat([feats[0], resize_to(self.routes[0](p16), feats[0].shape[-2:])], dim=1))
+        return [p8, p16, p32]
+
+
+NECKS: dict[str, type[nn.Module]] = {
+    "prn": PRN, "cem_sam": CEMSAM, "gfm": GFM, "efm": EFM,
+    "fpn": PRN,            # the same module under FPN's name
+    "yolov3": YOLOv3Neck,  # Figure 7's PeleeNet-YOLO
+}
 
 
 class SPP(nn.Module):

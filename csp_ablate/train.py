@@ -140,7 +140,7 @@ def build_task_model(cfg: DictConfig, datamodule, rank_zero: bool) -> tuple[nn.M
 def summary_line(record: dict[str, Any], path) -> str:
     axes = " ".join(
         f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "neck", "extras", "activation", "tier", "seed")
-        if record.get(k) is not None
+        if record.get(k) not in (None, "")
     )
 
     def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)

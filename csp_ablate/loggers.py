@@ -63,6 +63,7 @@ def _wandb_init_kwargs(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any
         mode=resolve_wandb_mode(cfg.logger.get("mode", "auto")),
         config=OmegaConf.to_container(cfg, resolve=True),
         settings=wandb.Settings(silent=True),
+        reinit="finish_previous",  # a sweep worker never logs into a previous job's run
     )
 
 

@@ -98,8 +98,10 @@ def resolve_anchors(cfg: DictConfig, datamodule) -> list[list[list[float]]]:
         log.info("anchors (k-means on %d training boxes, input pixels): %s", len(boxes), found)
         return [[list(a) for a in scale] for scale in found]
     anchors = OmegaConf.to_container(anchors, resolve=True) if not isinstance(anchors, list) else anchors
-    if len(anchors) != 3 or any(len(scale) < 1 or any(len(a) != 2 for a in scale) for scale in anchors):
-        raise ConfigError.bad_value("detector.anchors", anchors, "auto, or 3 scales of [w, h] pairs (input pixels)")
+    if (len(anchors) != 3 or len({len(scale) for scale in anchors}) != 1 or not anchors[0]
+            or any(len(a) != 2 for scale in anchors for a in scale)):
+        raise ConfigError.bad_value("detector.anchors", anchors,
+                                    "auto, or 3 scales with the same number of [w, h] pairs (input pixels)")
     return anchors
 
 
@@ -230,67 +232,69 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     ck_enabled = bool((cfg.get("checkpoint") or {}).get("enabled", True))
     fresh = not ck_enabled or ckpt.resume_path(cfg, out) is None
     early = start_wandb_early(cfg, record) if (rank_zero and fresh) else None
+    logger = None
     try:
         datamodule.setup("fit")
-        parts = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0 skip the cost count
-    except BaseException:
-        if early is not None:
+        model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0: no cost count
+
+        record.update(cost)
+        detection = cfg.task.name == "detection"
+        task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
+        channels_last = bool(cfg.trainer.get("channels_last", False))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last,
+                           **extra_kwargs)
+        if cfg.trainer.get("compile", False):
+            task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
+
+        # resume: decided and checked before W&B opens a run, so a bad checkpoint costs nothing
+        fingerprint = ckpt.fingerprint(cfg)
+        resume = ckpt.resume_path(cfg, out) if ck_enabled else None
+        resumed = ckpt.inspect_checkpoint(resume, fingerprint) if resume is not None else None
+        history = ckpt.read_history(out) if ck_enabled else []
+        note = ckpt.append_history if ck_enabled else (lambda *a, **k: None)  # checkpoints/launches.jsonl
+        launch = 1 + sum(1 for h in history if h.get("event") == "start")
+        prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
+        stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
+
+        logger = build_logger(cfg, record, early=early)
+        if resumed is not None:
+            _continue_wandb_run(logger, history)
+        callbacks: list[L.Callback] = []
+        if cfg.trainer.get("enable_progress_bar", True):
+            from lightning.pytorch.callbacks import TQDMProgressBar
+
+            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.progress_refresh_rate)))
+        if logger is not None:
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
+        callbacks += ck_callbacks
+        if _wandb(logger) is not None and ck_callbacks:
+            callbacks.append(_WandbIdToHistory(out))
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        install_hydra_relaunch()
+        trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                       if k not in _OUR_TRAINER_KEYS}
+        trainer = instantiate(
+            trainer_cfg,
+            logger=logger or False,
+            default_root_dir=str(out),
+            callbacks=callbacks,
+            precision=resolve_precision(cfg),
+            plugins=[ckpt.AtomicCheckpointIO()],
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            use_distributed_sampler=False,  # ShardedDataModule shards (global batch, no padded eval)
+        )
+    except BaseException:  # the job failed before training: close the W&B run it opened
+        if logger is not None:
+            _close_wandb(logger, exit_code=1)
+        elif early is not None:
             early.abort()
         raise
-    model, extra_kwargs, cost = parts
-
-    record.update(cost)
-    detection = cfg.task.name == "detection"
-    task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
-    channels_last = bool(cfg.trainer.get("channels_last", False))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last,
-                       **extra_kwargs)
-    if cfg.trainer.get("compile", False):
-        task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
-
-    # resume: decided and checked before W&B opens a run, so a bad checkpoint costs nothing
-    fingerprint = ckpt.fingerprint(cfg)
-    resume = ckpt.resume_path(cfg, out) if ck_enabled else None
-    resumed = ckpt.inspect_checkpoint(resume, fingerprint) if resume is not None else None
-    history = ckpt.read_history(out) if ck_enabled else []
-    note = ckpt.append_history if ck_enabled else (lambda *a, **k: None)  # checkpoints/launches.jsonl
-    launch = 1 + sum(1 for h in history if h.get("event") == "start")
-    prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
-    stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
-
-    logger = build_logger(cfg, record, early=early)
-    if resumed is not None:
-        _continue_wandb_run(logger, history)
-    callbacks: list[L.Callback] = []
-    if cfg.trainer.get("enable_progress_bar", True):
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.progress_refresh_rate)))
-    if logger is not None:
-        from lightning.pytorch.callbacks import LearningRateMonitor
-
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
-    callbacks += ck_callbacks
-    if _wandb(logger) is not None and ck_callbacks:
-        callbacks.append(_WandbIdToHistory(out))
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    install_hydra_relaunch()
-    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                   if k not in _OUR_TRAINER_KEYS}
-    trainer = instantiate(
-        trainer_cfg,
-        logger=logger or False,
-        default_root_dir=str(out),
-        callbacks=callbacks,
-        precision=resolve_precision(cfg),
-        plugins=[ckpt.AtomicCheckpointIO()],
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        use_distributed_sampler=False,  # ShardedDataModule shards (global batch, no padded eval)
-    )
     data = ShardedDataModule(datamodule, seed=int(cfg.seed)) if trainer.world_size > 1 else datamodule
     if rank_zero:
         note(out, {
@@ -329,7 +333,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             from csp_ablate.models.detector import DetectorInference
 
             infer = DetectorInference(model, conf_thresh=cfg.task.conf_thresh, nms_iou=cfg.task.nms_iou,
-                                      max_det=cfg.task.max_det)
+                                      max_det=cfg.task.max_det).to(trainer.strategy.root_device)
             record.update(
                 fps=round(profile.measure_fps(infer, cfg.profile.paper_img_size, cfg.data.channels, batch=1), 1),
                 fps_device=str(next(model.parameters()).device),

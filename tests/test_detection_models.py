@@ -246,3 +246,26 @@ def test_smoke_detection_run_writes_a_record_with_finite_ap(tmp_path, tiny_fmnis
     assert 0.0 <= record["ap"] <= record["ap50"] <= 100.0
     assert record["top1"] is None
     assert "ap=" in proc.stdout
+
+
+def test_coco_prepare_data_names_the_missing_file(tmp_path):
+    from csp_ablate.data.coco import CocoDataModule
+
+    (tmp_path / "train2017").mkdir()
+    dm = CocoDataModule(root=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"val2017 does not exist"):
+        dm.prepare_data()
+
+
+def test_early_wandb_run_is_closed_when_the_job_fails_before_training(tmp_path, compose):
+    import wandb
+
+    from csp_ablate.loggers import start_wandb_early
+
+    cfg = compose("logger=wandb", "logger.mode=offline", f"output_dir={tmp_path}")
+    early = start_wandb_early(cfg, {"run_id": "r1", "sweep": None, "model": "peleenet"})
+    assert early is not None
+    run = early.result()
+    assert wandb.run is run
+    early.abort()
+    assert wandb.run is None  # a later job in the same worker process opens a new run

@@ -342,6 +342,13 @@ class CocoDataModule(L.LightningDataModule):
             raise ConfigError(f"COCO data.root={self.root} does not exist. {_COCO_FIX}")
         return self.root
 
+    def prepare_data(self) -> None:
+        """Fail fast (before a W&B run opens) on a missing root, image dir or annotation file."""
+        root = self._check_root()
+        for rel in (self.train_images, self.val_images, self.train_annotations, self.val_annotations):
+            if not (root / rel).exists():
+                raise ConfigError(f"COCO file or directory {root / rel} does not exist. {_COCO_FIX}")
+
     def _split(self, images: str, annotations: str, train: bool) -> CocoDetectionDataset:
         root = self._check_root()
         return CocoDetectionDataset(

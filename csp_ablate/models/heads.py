@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, generalized_box_iou
+from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
 from csp_ablate.models.layers import ConvNormAct, LeakyReLU01
 
@@ -121,7 +121,7 @@ class YoloHead(nn.Module):
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``1 - GIoU`` of paired (x1, y1, x2, y2) boxes ``[N, 4]`` (Rezatofighi et al. 2019), per pair."""
-    return 1.0 - torch.diag(generalized_box_iou(pred, target))
+    return generalized_box_iou_loss(pred, target, reduction="none")
 
 
 def _grid(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -148,6 +148,7 @@ def postprocess(preds: Sequence[torch.Tensor], anchors: torch.Tensor, conf_thres
     """
     boxes, scores = [], []
     for level, p in enumerate(preds):
+        p = p.float()  # bf16 outputs (trainer=gpu) would tie scores and shift boxes
         b = p.shape[0]
         boxes.append(decode_boxes(p, anchors[level], STRIDES[level]).reshape(b, -1, 4))
         scores.append((torch.sigmoid(p[..., 4:5]) * torch.sigmoid(p[..., 5:])).reshape(b, -1, p.shape[-1] - 5))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,73 @@ def axis_tags(record: dict[str, Any]) -> list[str]:
     return [f"{k}:{record[k]}" for k in keys if record.get(k) not in (None, "")]
 
 
-def build_logger(cfg: DictConfig, record: dict[str, Any]):
-    """The Lightning logger for this run, or ``None`` for ``logger=none``."""
+def _wandb_init_kwargs(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
+    import wandb
+
+    return dict(
+        project=cfg.logger.project,
+        entity=cfg.logger.get("entity"),
+        group=record.get("sweep") or "adhoc",
+        job_type="train",
+        name=record["run_id"],
+        tags=axis_tags(record),
+        dir=str(Path(str(cfg.output_dir))),
+        mode=resolve_wandb_mode(cfg.logger.get("mode", "auto")),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        settings=wandb.Settings(silent=True),
+        reinit="finish_previous",  # a sweep worker never logs into a previous job's run
+    )
+
+
+class EarlyWandbRun:
+    """Opens the W&B run in a background thread while the job loads data and builds the model.
+
+    ``wandb.init`` spends seconds starting W&B's service process; a sweep pays that per job
+    (benchmarks/bench_job_overhead.py). Started once the data files are known to exist, it
+    overlaps the data decode, model build and cost count instead of stalling ``Trainer.fit``.
+    :meth:`result` joins and re-raises any init error in the caller's thread.
+    """
+
+    def __init__(self, cfg: DictConfig, record: dict[str, Any]) -> None:
+        self._kwargs = _wandb_init_kwargs(cfg, record)
+        self._run = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name="wandb-init", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        import wandb
+
+        try:
+            self._run = wandb.init(**self._kwargs)
+        except BaseException as exc:  # surfaced by result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._run
+
+    def abort(self, exit_code: int = 1) -> None:
+        """Close the run if it opened (the job failed before a logger took it over)."""
+        self._thread.join()
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+
+
+def start_wandb_early(cfg: DictConfig, record: dict[str, Any]) -> EarlyWandbRun | None:
+    """An :class:`EarlyWandbRun` for ``logger=wandb`` (not disabled), else ``None``."""
+    if cfg.logger.name != "wandb" or resolve_wandb_mode(cfg.logger.get("mode", "auto")) == "disabled":
+        return None
+    return EarlyWandbRun(cfg, record)
+
+
+def build_logger(cfg: DictConfig, record: dict[str, Any], early: EarlyWandbRun | None = None):
+    """The Lightning logger for this run, or ``None`` for ``logger=none``.
+
+    With ``early`` (an already started W&B run) the WandbLogger adopts that run.
+    """
     name = cfg.logger.name
     out_dir = Path(str(cfg.output_dir))
     if name == "none":
@@ -59,21 +125,13 @@ def build_logger(cfg: DictConfig, record: dict[str, Any]):
 
         return CSVLogger(save_dir=str(out_dir), name="csv", version="")
     if name == "wandb":
-        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        return WandbLogger(
-            project=cfg.logger.project,
-            entity=cfg.logger.get("entity"),
-            group=record.get("sweep") or "adhoc",
-            job_type="train",
-            name=record["run_id"],
-            tags=axis_tags(record),
-            save_dir=str(out_dir),
-            mode=resolve_wandb_mode(cfg.logger.get("mode", "auto")),
-            config=OmegaConf.to_container(cfg, resolve=True),
-            settings=wandb.Settings(silent=True),
-        )
+        kwargs = _wandb_init_kwargs(cfg, record)
+        kwargs["save_dir"] = kwargs.pop("dir")
+        if early is not None:
+            return WandbLogger(experiment=early.result(), **kwargs)
+        return WandbLogger(**kwargs)
     raise ConfigError.bad_value("logger", name, ("wandb", "csv", "none"))
 
 

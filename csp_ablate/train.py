@@ -35,7 +35,7 @@ from csp_ablate.distributed import (
     resolve_precision,
 )
 from csp_ablate.errors import ConfigError
-from csp_ablate.loggers import build_logger, finish_logger
+from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
 from csp_ablate.record import base_record, now_iso, output_dir, write_record
 
 log = logging.getLogger("csp_ablate")
@@ -87,18 +87,71 @@ def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
     }
 
 
+def resolve_anchors(cfg: DictConfig, datamodule) -> list[list[list[float]]]:
+    """``detector.anchors``: explicit pixels, or ``auto`` = k-means on the training boxes."""
+    anchors = cfg.detector.get("anchors", "auto")
+    if anchors in (None, "auto"):
+        from csp_ablate.models.heads import kmeans_anchors
+
+        boxes = datamodule.train_boxes_wh()
+        found = kmeans_anchors(boxes, seed=0)
+        log.info("anchors (k-means on %d training boxes, input pixels): %s", len(boxes), found)
+        return [[list(a) for a in scale] for scale in found]
+    anchors = OmegaConf.to_container(anchors, resolve=True) if not isinstance(anchors, list) else anchors
+    if (len(anchors) != 3 or len({len(scale) for scale in anchors}) != 1 or not anchors[0]
+            or any(len(a) != 2 for scale in anchors for a in scale)):
+        raise ConfigError.bad_value("detector.anchors", anchors,
+                                    "auto, or 3 scales with the same number of [w, h] pairs (input pixels)")
+    return anchors
+
+
+def build_detector_from_cfg(cfg: DictConfig, num_classes: int, anchors, in_chans: int) -> nn.Module:
+    from csp_ablate.models.detector import build_detector
+
+    return build_detector(
+        OmegaConf.to_container(cfg.model, resolve=True), cfg.neck, list(cfg.get("extras") or []),
+        num_classes=num_classes, anchors=anchors, in_chans=in_chans,
+        neck_channels=int(cfg.detector.get("neck_channels", 128)),
+    )
+
+
+def measure_detector_cost(cfg: DictConfig, model: nn.Module, anchors) -> dict[str, Any]:
+    """Whole detector (backbone + neck + head) at the paper's input (320², 80 classes); as trained."""
+    paper_model = build_detector_from_cfg(cfg, cfg.profile.paper_num_classes, anchors, in_chans=3)
+    paper = profile.model_cost(paper_model, cfg.profile.paper_img_size, 3)
+    return {
+        "params_m": round(paper["params_m"], 4),
+        "bflops": round(paper["bflops"], 4),
+        "cio_m": round(paper["cio_m"], 4),
+        "bflops_train": round(profile.count_bflops(model, cfg.data.img_size, cfg.data.channels), 5),
+    }
+
+
+def build_task_model(cfg: DictConfig, datamodule, rank_zero: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model, extra task kwargs, cost) for ``cfg.task.name``; only rank 0 counts the cost."""
+    if cfg.task.name == "detection":
+        anchors = resolve_anchors(cfg, datamodule)
+        model = build_detector_from_cfg(cfg, datamodule.num_classes, anchors, in_chans=cfg.data.channels)
+        cost = measure_detector_cost(cfg, model, anchors) if rank_zero else {}
+        box_loss = "giou" if "giou" in (cfg.get("extras") or []) else "mse"
+        return model, {"box_loss": box_loss, "seed": int(cfg.seed)}, cost
+    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
+    return model, {}, (measure_cost(cfg, model) if rank_zero else {})
+
+
 def summary_line(record: dict[str, Any], path) -> str:
     axes = " ".join(
-        f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "activation", "tier", "seed")
-        if record.get(k) is not None
+        f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "neck", "extras", "activation", "tier", "seed")
+        if record.get(k) not in (None, "")
     )
 
     def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)
         return "n/a" if record.get(key) is None else format(record[key], fmt)
 
+    quality = (f"ap={num('ap', '.2f')}% ap50={num('ap50', '.2f')}%" if record.get("task") == "detection"
+               else f"top1={num('top1', '.2f')}% val_top1={num('val_top1', '.2f')}%")
     return (
-        f"[csp_ablate] {record['status']}: {axes} | top1={num('top1', '.2f')}% "
-        f"val_top1={num('val_top1', '.2f')}% params={num('params_m', '.3f')}M "
+        f"[csp_ablate] {record['status']}: {axes} | {quality} params={num('params_m', '.3f')}M "
         f"bflops={num('bflops', '.3f')} train={num('train_time_s', '.0f')}s | record: {path}"
     )
 
@@ -113,6 +166,8 @@ def check_schedule(cfg: DictConfig) -> None:
             f"8,000,000. Set trainer.max_steps=<steps> (or add the model to "
             f"paper_schedule.classification.steps_by_model in conf/tier/paper.yaml)."
         )
+    if cfg.get("tier") == "paper" and "FashionDet" in str(cfg.data.get("_target_", "")):
+        log.warning("tier=paper with data=fashion_det: the paper's schedule is for COCO (data=coco data.root=...)")
     if cfg.get("tier") == "paper" and "FashionMNIST" in str(cfg.data.get("_target_", "")):
         log.warning("tier=paper with data=fashion_mnist: the paper's schedule is for ImageNet (data=imagenet data.root=...)")
     if trainer.get("max_epochs") is None and int(trainer.max_steps) < 0:
@@ -172,61 +227,74 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    datamodule.setup("fit")
-
-    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
-    if rank_zero:  # ranks > 0 skip the (CPU-heavy) count: only rank 0 writes the record
-        record.update(measure_cost(cfg, model))
-    task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
-    channels_last = bool(cfg.trainer.get("channels_last", False))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last)
-    if cfg.trainer.get("compile", False):
-        task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
-
-    # resume: decided and checked before W&B opens a run, so a bad checkpoint costs nothing
+    # W&B's start-up overlaps data decode + model build; only for a fresh run, so a bad
+    # checkpoint still fails before any W&B run exists (resumes open it lazily, as before)
     ck_enabled = bool((cfg.get("checkpoint") or {}).get("enabled", True))
-    fingerprint = ckpt.fingerprint(cfg)
-    resume = ckpt.resume_path(cfg, out) if ck_enabled else None
-    resumed = ckpt.inspect_checkpoint(resume, fingerprint) if resume is not None else None
-    history = ckpt.read_history(out) if ck_enabled else []
-    note = ckpt.append_history if ck_enabled else (lambda *a, **k: None)  # checkpoints/launches.jsonl
-    launch = 1 + sum(1 for h in history if h.get("event") == "start")
-    prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
-    stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
+    fresh = not ck_enabled or ckpt.resume_path(cfg, out) is None
+    early = start_wandb_early(cfg, record) if (rank_zero and fresh) else None
+    logger = None
+    try:
+        datamodule.setup("fit")
+        model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0: no cost count
 
-    logger = build_logger(cfg, record)
-    if resumed is not None:
-        _continue_wandb_run(logger, history)
-    callbacks: list[L.Callback] = []
-    if cfg.trainer.get("enable_progress_bar", True):
-        from lightning.pytorch.callbacks import TQDMProgressBar
+        record.update(cost)
+        detection = cfg.task.name == "detection"
+        task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
+        channels_last = bool(cfg.trainer.get("channels_last", False))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        task = instantiate(task_kwargs, model=model, num_classes=cfg.data.num_classes, channels_last=channels_last,
+                           **extra_kwargs)
+        if cfg.trainer.get("compile", False):
+            task.model = torch.compile(task.model)  # first steps compile (minutes on CPU); see bench_train_speed
 
-        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.progress_refresh_rate)))
-    if logger is not None:
-        from lightning.pytorch.callbacks import LearningRateMonitor
+        # resume: decided and checked before W&B opens a run, so a bad checkpoint costs nothing
+        fingerprint = ckpt.fingerprint(cfg)
+        resume = ckpt.resume_path(cfg, out) if ck_enabled else None
+        resumed = ckpt.inspect_checkpoint(resume, fingerprint) if resume is not None else None
+        history = ckpt.read_history(out) if ck_enabled else []
+        note = ckpt.append_history if ck_enabled else (lambda *a, **k: None)  # checkpoints/launches.jsonl
+        launch = 1 + sum(1 for h in history if h.get("event") == "start")
+        prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
+        stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
-    callbacks += ck_callbacks
-    if _wandb(logger) is not None and ck_callbacks:
-        callbacks.append(_WandbIdToHistory(out))
-    from lightning.pytorch.callbacks import ModelCheckpoint
+        logger = build_logger(cfg, record, early=early)
+        if resumed is not None:
+            _continue_wandb_run(logger, history)
+        callbacks: list[L.Callback] = []
+        if cfg.trainer.get("enable_progress_bar", True):
+            from lightning.pytorch.callbacks import TQDMProgressBar
 
-    install_hydra_relaunch()
-    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                   if k not in _OUR_TRAINER_KEYS}
-    trainer = instantiate(
-        trainer_cfg,
-        logger=logger or False,
-        default_root_dir=str(out),
-        callbacks=callbacks,
-        precision=resolve_precision(cfg),
-        plugins=[ckpt.AtomicCheckpointIO()],
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        use_distributed_sampler=False,  # ShardedDataModule shards (global batch, no padded eval)
-    )
+            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.progress_refresh_rate)))
+        if logger is not None:
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
+        callbacks += ck_callbacks
+        if _wandb(logger) is not None and ck_callbacks:
+            callbacks.append(_WandbIdToHistory(out))
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        install_hydra_relaunch()
+        trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                       if k not in _OUR_TRAINER_KEYS}
+        trainer = instantiate(
+            trainer_cfg,
+            logger=logger or False,
+            default_root_dir=str(out),
+            callbacks=callbacks,
+            precision=resolve_precision(cfg),
+            plugins=[ckpt.AtomicCheckpointIO()],
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            use_distributed_sampler=False,  # ShardedDataModule shards (global batch, no padded eval)
+        )
+    except BaseException:  # the job failed before training: close the W&B run it opened
+        if logger is not None:
+            _close_wandb(logger, exit_code=1)
+        elif early is not None:
+            early.abort()
+        raise
     data = ShardedDataModule(datamodule, seed=int(cfg.seed)) if trainer.world_size > 1 else datamodule
     if rank_zero:
         note(out, {
@@ -243,16 +311,35 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
-        if resumed is not None and "val/top1" not in trainer.callback_metrics:  # resumed at the end
-            trainer.validate(task, datamodule=data, verbose=False)
-        record["val_top1"] = _metric(trainer, "val/top1")
-        n_val = _metric(trainer, "val/n")
-        (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
-        record["top1"] = round(float(test_metrics["test/top1"]), 4)
-        n_test = int(test_metrics.get("test/n", 0))
+        eval_start = time.perf_counter()
+        if detection:  # COCO has no labelled test split: the record's AP is the final val AP
+            if "val/ap" not in trainer.callback_metrics:
+                trainer.validate(task, datamodule=data, verbose=False)
+            record["ap"], record["ap50"] = _metric(trainer, "val/ap"), _metric(trainer, "val/ap50")
+            n_val = _metric(trainer, "val/n")
+            n_test = int(n_val or 0)
+        else:
+            if resumed is not None and "val/top1" not in trainer.callback_metrics:  # resumed at the end
+                trainer.validate(task, datamodule=data, verbose=False)
+            record["val_top1"] = _metric(trainer, "val/top1")
+            n_val = _metric(trainer, "val/n")
+            (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
+            record["top1"] = round(float(test_metrics["test/top1"]), 4)
+            n_test = int(test_metrics.get("test/n", 0))
+        eval_time = round(time.perf_counter() - eval_start, 2)  # the final evaluation, after fit
         if not trainer.is_global_zero:
             return record  # ranks > 0 trained and evaluated their share; rank 0 reports
-        if cfg.profile.fps:
+        if cfg.profile.fps and detection:  # whole detector (forward + decode + NMS) at the paper's input
+            from csp_ablate.models.detector import DetectorInference
+
+            infer = DetectorInference(model, conf_thresh=cfg.task.conf_thresh, nms_iou=cfg.task.nms_iou,
+                                      max_det=cfg.task.max_det).to(trainer.strategy.root_device)
+            record.update(
+                fps=round(profile.measure_fps(infer, cfg.profile.paper_img_size, cfg.data.channels, batch=1), 1),
+                fps_device=str(next(model.parameters()).device),
+                fps_batch=1,
+            )
+        elif cfg.profile.fps:
             record.update(
                 fps=round(profile.measure_fps(model, cfg.data.img_size, cfg.data.channels, batch=1), 1),
                 fps_device=str(next(model.parameters()).device),
@@ -265,7 +352,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         extra = {
             "test_n": n_test, "val_n": n_val, "global_step": trainer.global_step,
             "launches": launch, "resumed_from_step": resumed["global_step"] if resumed else None,
-            "world_size": trainer.world_size, "threads": threads,
+            "world_size": trainer.world_size, "threads": threads, "eval_time_s": eval_time,
         }
         if _wandb(logger) is not None:
             logger.experiment.summary.update(extra)
@@ -285,7 +372,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     path = write_record(cfg, record)
     line = summary_line(record, path)
     log.info(
-        "%s | test top-1 over %d images, step %d, launch %d%s, %d process(es) x %d thread(s)",
+        "%s | evaluated on %d images, step %d, launch %d%s, %d process(es) x %d thread(s)",
         line, n_test, trainer.global_step, launch,
         f" (resumed from step {resumed['global_step']})" if resumed else "", trainer.world_size, threads,
     )

@@ -16,7 +16,7 @@ from csp_ablate.errors import ConfigError
 
 FUSIONS = ("none", "csp", "first", "last")
 ACTIVATIONS = ("leaky", "relu", "swish", "mish")
-NECKS = ("prn", "cem_sam", "gfm", "efm")
+NECKS = ("prn", "cem_sam", "gfm", "efm", "fpn", "yolov3")  # fpn = prn; yolov3: Figure 7's PeleeNet-YOLO
 EXTRAS = ("giou", "spp", "sam", "swish")
 TIERS = ("smoke", "proxy", "paper")
 
@@ -50,7 +50,16 @@ def validate_config(cfg: DictConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError.bad_value("seed", seed, "an integer")
     task = cfg.task.name
-    if task != "detection":
+    if task == "detection":
+        if cfg.get("neck") not in NECKS:
+            raise ConfigError.bad_value("neck", cfg.get("neck"), NECKS, "(paper Table 2; e.g. neck=efm)")
+        extras = cfg.get("extras")
+        if extras is None or isinstance(extras, (str, bytes)) or not hasattr(extras, "__iter__"):
+            raise ConfigError.bad_value("extras", extras, "a list, e.g. extras=[giou,sam] or extras=[]")
+        for extra in extras:
+            if extra not in EXTRAS:
+                raise ConfigError.bad_value("extras", extra, EXTRAS, "e.g. extras=[giou,sam]")
+    else:
         if cfg.get("neck") is not None:
             raise ConfigError(
                 f"Axis 'neck={cfg.neck}' applies to task=detection only (allowed necks: "

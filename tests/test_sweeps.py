@@ -264,3 +264,25 @@ def test_joblib_launcher_runs_two_jobs_at_once_and_aggregates_exactly(tmp_path, 
     cpus = os.cpu_count() or 1
     logs = "".join(p.read_text() for p in sweep_dir.glob("*/*.log"))
     assert logs.count(f"1 process(es) x {max(1, cpus // 2)} thread(s)") == 4
+
+
+def test_table2_smoke_sweep_end_to_end(tmp_path, tiny_fmnist):
+    """`sweep=table2` with two rows, tier=smoke: detection records -> table2.csv, claims, figure."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "sweep=table2", "tier=smoke", "logger=none", "variant=t2_gfm,t2_efm_giou",
+        f"hydra.sweep.dir={sweep_dir}", f"data.root={tiny_fmnist}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.n_train=64", "data.n_val=32",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[csp_ablate.report] table2: 2 completed, 0 failed" in proc.stdout
+    runs = pd.read_csv(sweep_dir / "runs.csv", keep_default_na=False)
+    assert list(runs.columns) == RECORD_KEYS
+    assert sorted(zip(runs["neck"], runs["extras"])) == [("efm", "giou"), ("gfm", "")]
+    assert set(runs["task"]) == {"detection"} and (runs["ap50"].astype(float) >= 0).all()
+    table = pd.read_csv(sweep_dir / "table2.csv").set_index("row")
+    assert list(table.index) == ["prn", "cem_sam", "gfm", "efm", "efm_giou", "efm_spp", "efm_sam", "efm_sam_swish"]
+    assert table.loc["gfm", "n"] == 1 and table.loc["efm_giou", "n"] == 1 and table.loc["efm", "n"] == 0
+    gfm = runs[runs["neck"] == "gfm"].iloc[0]
+    assert table.loc["gfm", "ap50_mean"] == pytest.approx(float(gfm["ap50"]), abs=1e-4)
+    assert (sweep_dir / "claims.csv").is_file() and (sweep_dir / "table2.png").is_file()

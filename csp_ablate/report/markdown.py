@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from csp_ablate.report.spec import ReportSpec
+from csp_ablate.report.spec import METRIC_INFO, SIGN_ONLY_METRICS, ReportSpec
 
 DASH = "–"
 
@@ -65,30 +65,70 @@ def command_lines(command: str | None) -> list[str]:
     return ["", f"Made by: `{command}` (then `python -m csp_ablate.report <sweep dir>` rebuilds it from the records)."] if command else []
 
 
+AXIS_HEADERS = {"gamma": "γ", "fusion": "fusion", "activation": "act.", "neck": "neck", "extras": "extras"}
+METRIC_TEXT = {  # what a metric is, for the sentence above a table
+    "top1": "top-1 = test top-1 in %",
+    "val_top1": "val top-1 = top-1 on the validation split in %",
+    "ap": "AP = box AP (IoU 0.50:0.95) on the test split in %",
+    "ap50": "AP50 = box AP at IoU 0.50 in %",
+    "fps": "fps = frames/s measured at batch 1 on the run's own device",
+}
+SIGN_ONLY_NOTE = ("fps is measured on the run's device (a shared CPU for the proxy tiers), so only the sign of an "
+                  "fps change is comparable with the paper's GPU fps")
+
+
+def _metric_label(metric: str) -> str:
+    return METRIC_INFO[metric]["label"]
+
+
 def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, command: str | None = None) -> str:
-    base_label = spec.row(spec.baseline).label
-    view = pd.DataFrame({
-        "model": table["label"],
-        "γ": table["gamma"].map(axis) if "gamma" in table else DASH,
-        "fusion": table["fusion"].map(axis) if "fusion" in table else DASH,
-        "act.": table["activation"].map(axis) if "activation" in table else DASH,
-        "#Param (M)": table["params_m"].map(lambda x: num(x, 3)),
-        "BFLOPs (Δ %)": [f"{num(b, 3)} ({num(d, 1, True)})" if not _isnan(b) else DASH
-                         for b, d in zip(table["bflops"], table["bflops_delta_pct"])],
-        "top-1 % (n)": [f"{mean_pm(m, c)} (n={n})" if n else f"{DASH} ({'failed' if nf else 'not run'})"
-                        for m, c, n, nf in zip(table["top1_mean"], table["top1_ci95"], table["n"], table["n_failed"])],
-        f"Δ top-1 vs {base_label}": [mean_pm(d, c, signed=True) for d, c in zip(table["top1_delta"], table["top1_delta_ci95"])],
-        "paper #Param": table["paper_params_m"].map(lambda x: num(x, 2)),
-        "paper BFLOPs (Δ %)": [_paper_pair(b, d, 3, 0) for b, d in zip(table["paper_bflops"], table["paper_bflops_delta_pct"])],
-        "paper top-1 (Δ)": [_paper_pair(t, d, 1, 1) for t, d in zip(table["paper_top1"], table["paper_top1_delta"])],
-    })
+    labels = {r.id: r.label for r in spec.rows}
+    base_labels = [labels[b] for b in spec.baselines]
+    single = len(spec.baselines) == 1
+    cols: dict[str, object] = {"model": table["label"]}
+    for key in [k for k in spec.match if k != "model"] or ["gamma", "fusion", "activation"]:
+        cols[AXIS_HEADERS.get(key, key)] = table[key].map(axis) if key in table else DASH
+    cols["#Param (M)"] = table["params_m"].map(lambda x: num(x, 3))
+    deltas = [table[f"bflops_delta_pct{spec.suffix(b)}"] for b in spec.baselines]
+    bflops_head = "BFLOPs (Δ %)" if single else f"BFLOPs (Δ % vs {' / '.join(base_labels)})"
+    cols[bflops_head] = [f"{num(b, 3)} ({' / '.join(num(d, 1, True) for d in ds)})" if not _isnan(b) else DASH
+                         for b, *ds in zip(table["bflops"], *deltas)]
+    for i, metric in enumerate(spec.metrics):
+        info = METRIC_INFO[metric]
+        digits = info["digits"]
+        means, cis = table[f"{metric}_mean"], table[f"{metric}_ci95"]
+        if i == 0:
+            head = f"{info['label']}{' %' if metric == 'top1' else ''} (n)"
+            cols[head] = [f"{mean_pm(m, c, digits)} (n={n})" if n else f"{DASH} ({'failed' if nf else 'not run'})"
+                          for m, c, n, nf in zip(means, cis, table["n"], table["n_failed"])]
+        else:
+            cols[info["label"]] = [mean_pm(m, c, digits) for m, c in zip(means, cis)]
+        for base, base_label in zip(spec.baselines, base_labels):
+            col = f"{metric}_delta{spec.suffix(base)}"
+            cols[f"Δ {info['label']} vs {base_label}"] = [mean_pm(d, c, digits, signed=True)
+                                                        for d, c in zip(table[col], table[f"{col}_ci95"])]
+    if single:
+        cols["paper #Param"] = table["paper_params_m"].map(lambda x: num(x, 2))
+        cols["paper BFLOPs (Δ %)"] = [_paper_pair(b, d, 3, 0)
+                                      for b, d in zip(table["paper_bflops"], table["paper_bflops_delta_pct"])]
+        for metric in spec.metrics:
+            cols[f"paper {_metric_label(metric)} (Δ)"] = [
+                _paper_pair(t, d, 1, 1) for t, d in zip(table[f"paper_{metric}"], table[f"paper_{metric}_delta"])]
+    else:  # several baselines: the published values where there are any, then each delta as stated
+        for key, head, digits in (("paper_params_m", "paper #Param", 2), ("paper_bflops", "paper BFLOPs", 3),
+                                  *((f"paper_{m}", f"paper {_metric_label(m)}", 1) for m in spec.metrics)):
+            if table[key].notna().any():
+                cols[head] = table[key].map(lambda x, d=digits: num(x, d))
+        vs = [labels.get(v, v) if isinstance(v, str) else None for v in table["paper_delta_vs"]]
+        for metric in spec.metrics:
+            cols[f"paper Δ {_metric_label(metric)}"] = [
+                f"{num(d, 1, True)} vs {v}" if not _isnan(d) else DASH
+                for d, v in zip(table[f"paper_{metric}_delta_stated"], vs)]
+    view = pd.DataFrame(cols)
     lines = [
         f"**{spec.title}** (ours beside the paper's)",
         "",
-        f"Ours: {describe_runs(runs)}. top-1 = test top-1 in %, mean ± 95 % t-interval half-width "
-        f"over seeds (n = completed seeds). #Param and BFLOPs are exact profiler counts at 224×224, "
-        f"1000 classes. Deltas are against {base_label}: compute in relative %, top-1 in points "
-        f"(Welch 95 % interval). Paper: csp_ablate/reference/reference.csv ({DASH} = not published).",
+        _table_intro(spec, runs, base_labels),
         *command_lines(command),
         "",
         to_md(view),
@@ -104,6 +144,19 @@ def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, co
     return "\n".join(lines) + "\n"
 
 
+def _table_intro(spec: ReportSpec, runs: pd.DataFrame, base_labels: list[str]) -> str:
+    what = ", ".join(METRIC_TEXT[m] for m in spec.metrics)
+    units = ", ".join(f"{_metric_label(m)} in {METRIC_INFO[m]['unit']}" for m in spec.metrics)
+    sign_only = [m for m in spec.metrics if m in SIGN_ONLY_METRICS]
+    return (
+        f"Ours: {describe_runs(runs)}. {what}, mean ± 95 % t-interval half-width "
+        f"over seeds (n = completed seeds). #Param and BFLOPs are exact profiler counts at {spec.cost_basis}. "
+        f"Deltas are against {' and '.join(base_labels)}: compute in relative %, {units} "
+        f"(Welch 95 % interval).{' ' + SIGN_ONLY_NOTE + '.' if sign_only else ''} "
+        f"Paper: csp_ablate/reference/reference.csv ({DASH} = not published)."
+    )
+
+
 def _paper_pair(value, delta, digits: int, delta_digits: int) -> str:
     if _isnan(value) and _isnan(delta):
         return DASH
@@ -111,19 +164,24 @@ def _paper_pair(value, delta, digits: int, delta_digits: int) -> str:
     return f"{num(value, digits)}{d}" if not _isnan(value) else f"{DASH}{d}"
 
 
+CLAIM_METRIC_HEADS = {"bflops": "BFLOPs Δ", "top1": "top-1 Δ (points)", "val_top1": "val top-1 Δ (points)",
+                      "ap": "AP Δ (points)", "ap50": "AP50 Δ (points)", "fps": "fps Δ (sign only)"}
+
+
 def claims_md(claims: pd.DataFrame, spec: ReportSpec) -> str:
     def paper_cell(row):
-        unit = " %" if row["metric"] == "bflops" else ""
+        unit = {"bflops": " %", "fps": " fps"}.get(row["metric"], "")
         return f"{row['paper']:+g}{unit}" if not _isnan(row["paper"]) else str(row["direction"])
 
     def ours_cell(row):
         if row["metric"] == "bflops":
             return f"{num(row['measured'], 1, True)} %"
-        return f"{mean_pm(row['measured'], row['ci95'], signed=True)} (n={row['n']} vs {row['n_vs']})"
+        digits = METRIC_INFO[row["metric"]]["digits"]
+        return f"{mean_pm(row['measured'], row['ci95'], digits, signed=True)} (n={row['n']} vs {row['n_vs']})"
 
     view = pd.DataFrame({
         "claim": claims["text"],
-        "metric": claims["metric"].map({"bflops": "BFLOPs Δ", "top1": "top-1 Δ (points)"}),
+        "metric": claims["metric"].map(CLAIM_METRIC_HEADS),
         "paper": [paper_cell(r) for _, r in claims.iterrows()],
         "ours": [ours_cell(r) for _, r in claims.iterrows()],
         "verdict": claims["verdict"],
@@ -132,15 +190,23 @@ def claims_md(claims: pd.DataFrame, spec: ReportSpec) -> str:
     })
     counts = claims["verdict"].value_counts()
     tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "contradicted", "inconclusive"))
+    measured = [m for m in spec.metrics if m not in SIGN_ONLY_METRICS]
+    sign_only = [m for m in spec.metrics if m in SIGN_ONLY_METRICS and (claims["metric"] == m).any()]
+    rule = (
+        "Verdict rule (csp_ablate/report/__init__.py): compute claims are judged on the exact "
+        "profiler BFLOPs (same sign and within ±max(2 points, 25 %) of the stated change; "
+        f"direction-only claims: right sign and at least the stated minimum); {' / '.join(map(_metric_label, measured))} claims on "
+        "the 95 % Welch interval of our delta (reproduced: contains the paper's value and the "
+        "mean has its sign; contradicted: excludes it; otherwise, or with < 2 seeds, inconclusive; "
+        "direction-only claims: the interval lies on the claimed / the other side of 0)."
+    )
+    if sign_only:
+        rule += (f" {' / '.join(map(_metric_label, sign_only))} claims are judged on the direction (sign) only, "
+                 "like direction-only claims, whatever size the paper states: " + SIGN_ONLY_NOTE + ".")
     return "\n".join([
         f"**Claims: {spec.title}** ({tally})",
         "",
-        "Verdict rule (csp_ablate/report/__init__.py): compute claims are judged on the exact "
-        "profiler BFLOPs (same sign and within ±max(2 points, 25 %) of the stated change; "
-        "direction-only claims: right sign and at least the stated minimum); top-1 claims on "
-        "the 95 % Welch interval of our delta (reproduced: contains the paper's value and the "
-        "mean has its sign; contradicted: excludes it; otherwise, or with < 2 seeds, inconclusive; "
-        "direction-only claims: the interval lies on the claimed / the other side of 0).",
+        rule,
         "",
         to_md(view),
         "",
@@ -157,8 +223,14 @@ def summary_md(summary: pd.DataFrame, runs: pd.DataFrame, title: str, command: s
     view["n"] = summary["n"]
     view["#Param (M)"] = summary["params_m"].map(lambda x: num(x, 3))
     view["BFLOPs"] = summary["bflops"].map(lambda x: num(x, 3))
-    view["top-1 %"] = [mean_pm(m, c) for m, c in zip(summary["top1_mean"], summary["top1_ci95"])]
-    view["val top-1 %"] = [mean_pm(m, c) for m, c in zip(summary["val_top1_mean"], summary["val_top1_ci95"])]
+    has_top1 = summary["top1_mean"].notna().any() or summary["val_top1_mean"].notna().any()
+    has_ap = summary["ap_mean"].notna().any()  # detection runs
+    if has_top1 or not has_ap:
+        view["top-1 %"] = [mean_pm(m, c) for m, c in zip(summary["top1_mean"], summary["top1_ci95"])]
+        view["val top-1 %"] = [mean_pm(m, c) for m, c in zip(summary["val_top1_mean"], summary["val_top1_ci95"])]
+    if has_ap:
+        view["AP"] = [mean_pm(m, c) for m, c in zip(summary["ap_mean"], summary["ap_ci95"])]
+        view["AP50"] = [mean_pm(m, c) for m, c in zip(summary["ap50_mean"], summary["ap50_ci95"])]
     view["train s"] = summary["train_time_s_mean"].map(lambda x: num(x, 0))
     view["note"] = summary["note"].fillna("")
     const = [c for c in axes if c not in varying and summary[c].notna().any()]
@@ -166,7 +238,7 @@ def summary_md(summary: pd.DataFrame, runs: pd.DataFrame, title: str, command: s
     return "\n".join([
         f"**{title}**: one row per configuration (config hash), {describe_runs(runs)}.",
         f"Same for every row: {fixed}." if fixed else "",
-        "top-1: mean ± 95 % t-interval half-width over the completed seeds.",
+        f"{'AP, AP50' if has_ap and not has_top1 else 'top-1'}: mean ± 95 % t-interval half-width over the completed seeds.",
         *command_lines(command),
         "",
         to_md(view),

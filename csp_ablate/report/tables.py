@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from csp_ablate.record import AXES
-from csp_ablate.report.spec import Claim, ReportSpec, Row
+from csp_ablate.report.spec import SIGN_ONLY_METRICS, Claim, ReportSpec, Row
 from csp_ablate.report.stats import mean_ci, welch_delta_ci
 
 log = logging.getLogger("csp_ablate.report")
@@ -31,15 +32,16 @@ COMPUTE_REL_TOL = 0.25  # share of the claimed effect
 
 
 # ---- grouping ---------------------------------------------------------------------------
-def aggregate(runs: pd.DataFrame, by: str) -> pd.DataFrame:
+def aggregate(runs: pd.DataFrame, by: str, metrics: list[str] | None = None) -> pd.DataFrame:
     """One row per value of ``by``: axes, n, n_failed, cost, ``<m>_mean``/``<m>_ci95``."""
-    rows = [_aggregate_group(by, key, group) for key, group in runs.groupby(by, sort=False, dropna=False)]
+    metrics = list(metrics or METRICS)
+    rows = [_aggregate_group(by, key, group, metrics) for key, group in runs.groupby(by, sort=False, dropna=False)]
     columns = [by, *AXES, "n", "n_failed", "seeds", *COST,
-               *[f"{m}_{s}" for m in METRICS for s in ("mean", "ci95")], "train_time_s_mean", "note"]
+               *[f"{m}_{s}" for m in metrics for s in ("mean", "ci95")], "train_time_s_mean", "note"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _aggregate_group(by: str, key: Any, group: pd.DataFrame) -> dict[str, Any]:
+def _aggregate_group(by: str, key: Any, group: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
     done = group[group["status"] == "completed"]
     failed = group[group["status"] == "failed"]
     source = done if not done.empty else group
@@ -47,7 +49,7 @@ def _aggregate_group(by: str, key: Any, group: pd.DataFrame) -> dict[str, Any]:
     out.update({axis: _first(source[axis]) for axis in AXES})
     out.update(n=len(done), n_failed=len(failed), seeds=" ".join(str(s) for s in sorted(done["seed"].dropna())))
     out.update({c: _first(group[c]) for c in COST})  # cost is known for failed runs that got that far
-    for metric in METRICS:
+    for metric in metrics:
         mean, ci, _ = mean_ci(pd.to_numeric(done[metric], errors="coerce"))
         out[f"{metric}_mean"], out[f"{metric}_ci95"] = mean, ci
     out["train_time_s_mean"] = pd.to_numeric(done["train_time_s"], errors="coerce").mean()
@@ -102,9 +104,16 @@ def assign_rows(runs: pd.DataFrame, spec: ReportSpec) -> pd.Series:
 
 
 def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataFrame:
-    """The spec's rows in order: ours (mean, CI, deltas vs the baseline) beside the paper's."""
+    """The spec's rows in order: ours (mean, CI, deltas vs each baseline) beside the paper's.
+
+    Columns: row, label, the match keys, n, n_failed, params_m, bflops, ``bflops_delta_pct<sfx>``
+    per baseline, per metric ``<m>_mean``, ``<m>_ci95`` and per baseline ``<m>_delta<sfx>``,
+    ``<m>_delta<sfx>_ci95``; ``<m>_mean``/``_ci95`` of the extra metrics, train_time_s_mean, the
+    paper columns, note. ``<sfx>`` is ``spec.suffix(baseline)``: empty for a single baseline.
+    """
     frame = runs.assign(row=assign_rows(runs, spec))
-    agg = aggregate(frame[frame["row"].notna()], "row").set_index("row")
+    metrics = list(dict.fromkeys([*METRICS, *spec.metrics, *spec.extra_metrics]))
+    agg = aggregate(frame[frame["row"].notna()], "row", metrics).set_index("row")
     ids = [r.id for r in spec.rows]
     agg = agg.reindex(ids)
     agg["n"] = agg["n"].fillna(0).astype(int)
@@ -114,9 +123,6 @@ def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | 
         for key, value in row.axes.items():
             if pd.isna(agg.at[row.id, key]) and value is not None:
                 agg.at[row.id, key] = value
-    values = {rid: _values(frame, rid, "top1") for rid in ids}
-    base = spec.baseline
-    base_bflops = agg.at[base, "bflops"]
     out = pd.DataFrame({"row": ids, "label": [r.label for r in spec.rows]})
     for key in spec.match:
         out[key] = agg[key].to_numpy()
@@ -124,18 +130,26 @@ def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | 
     out["n_failed"] = agg["n_failed"].to_numpy()
     out["params_m"] = agg["params_m"].to_numpy(dtype=float)
     out["bflops"] = agg["bflops"].to_numpy(dtype=float)
-    out["bflops_delta_pct"] = [_pct(b, base_bflops) for b in out["bflops"]]
-    out["top1_mean"] = agg["top1_mean"].to_numpy(dtype=float)
-    out["top1_ci95"] = agg["top1_ci95"].to_numpy(dtype=float)
-    deltas = [welch_delta_ci(values[rid], values[base]) if rid != base else (0.0, math.nan) for rid in ids]
-    out["top1_delta"] = [d for d, _ in deltas]
-    out["top1_delta_ci95"] = [c for _, c in deltas]
-    out["val_top1_mean"] = agg["val_top1_mean"].to_numpy(dtype=float)
-    out["val_top1_ci95"] = agg["val_top1_ci95"].to_numpy(dtype=float)
+    for base in spec.baselines:
+        base_bflops = agg.at[base, "bflops"]
+        out[f"bflops_delta_pct{spec.suffix(base)}"] = [_pct(b, base_bflops) for b in out["bflops"]]
+    for metric in spec.metrics:
+        values = {rid: _values(frame, rid, metric) for rid in ids}
+        out[f"{metric}_mean"] = agg[f"{metric}_mean"].to_numpy(dtype=float)
+        out[f"{metric}_ci95"] = agg[f"{metric}_ci95"].to_numpy(dtype=float)
+        for base in spec.baselines:
+            col = f"{metric}_delta{spec.suffix(base)}"
+            deltas = [welch_delta_ci(values[rid], values[base]) if rid != base else (0.0, math.nan) for rid in ids]
+            out[col] = [d for d, _ in deltas]
+            out[f"{col}_ci95"] = [c for _, c in deltas]
+    for metric in spec.extra_metrics:
+        out[f"{metric}_mean"] = agg[f"{metric}_mean"].to_numpy(dtype=float)
+        out[f"{metric}_ci95"] = agg[f"{metric}_ci95"].to_numpy(dtype=float)
     out["train_time_s_mean"] = agg["train_time_s_mean"].to_numpy(dtype=float)
     paper = _paper_columns(spec, reference)
     out = pd.concat([out, paper], axis=1)
-    out["note"] = [("baseline" + ("; " + n if n else "")) if rid == base else n for rid, n in zip(ids, agg["note"])]
+    out["note"] = [("baseline" + ("; " + n if n else "")) if rid in spec.baselines else n
+                   for rid, n in zip(ids, agg["note"])]
     return out
 
 
@@ -150,7 +164,17 @@ def _pct(value: float, base: float) -> float:
     return (float(value) / float(base) - 1.0) * 100.0
 
 
-PAPER_COLUMNS = ["paper_params_m", "paper_bflops", "paper_bflops_delta_pct", "paper_top1", "paper_top1_delta"]
+def paper_column_names(spec: ReportSpec) -> list[str]:
+    """``paper_params_m``, ``paper_bflops``, ``paper_bflops_delta_pct<sfx>`` per baseline, per
+    metric ``paper_<m>`` and ``paper_<m>_delta<sfx>`` per baseline; with several baselines also
+    the deltas as published (``paper_<m>_delta_stated``) and the row they are stated against
+    (``paper_delta_vs``), since a published delta may be against a row that is no baseline."""
+    names = ["paper_params_m", "paper_bflops", *(f"paper_bflops_delta_pct{spec.suffix(b)}" for b in spec.baselines)]
+    for metric in spec.metrics:
+        names += [f"paper_{metric}", *(f"paper_{metric}_delta{spec.suffix(b)}" for b in spec.baselines)]
+    if len(spec.baselines) > 1:
+        names += ["paper_delta_vs", *(f"paper_{metric}_delta_stated" for metric in spec.metrics)]
+    return names
 
 
 def reference_row(reference: pd.DataFrame | None, row: Row) -> pd.Series | None:
@@ -168,10 +192,10 @@ def reference_row(reference: pd.DataFrame | None, row: Row) -> pd.Series | None:
 
 
 def _paper_columns(spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataFrame:
-    """Published values; a delta is the stated one when stated against our baseline, else
-    computed from the published values of both rows when both exist."""
+    """Published values; a delta vs a baseline is the stated one when stated against that
+    baseline (reference.csv ``delta_vs`` = ``spec.reference_name(baseline)``), else computed from
+    the published values of both rows when both exist."""
     refs = {row.id: reference_row(reference, row) for row in spec.rows}
-    base = refs.get(spec.baseline)
 
     def get(ref, key):
         return float(ref[key]) if ref is not None and key in ref and pd.notna(ref[key]) else math.nan
@@ -179,22 +203,30 @@ def _paper_columns(spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataF
     records = []
     for row in spec.rows:
         ref = refs[row.id]
-        stated_vs_base = ref is not None and str(ref.get("delta_vs")) == str(spec.reference_baseline)
-        rec = {
-            "paper_params_m": get(ref, "params_m"),
-            "paper_bflops": get(ref, "bflops"),
-            "paper_top1": get(ref, "top1"),
-        }
-        bflops_delta = get(ref, "bflops_delta_pct") if stated_vs_base else math.nan
-        if math.isnan(bflops_delta):
-            bflops_delta = _pct(rec["paper_bflops"], get(base, "bflops"))
-        top1_delta = get(ref, "top1_delta") if stated_vs_base else math.nan
-        if math.isnan(top1_delta):
-            top1_delta = rec["paper_top1"] - get(base, "top1")
-        rec["paper_bflops_delta_pct"] = bflops_delta
-        rec["paper_top1_delta"] = top1_delta
+        delta_vs = ref.get("delta_vs") if ref is not None else None
+        rec = {"paper_params_m": get(ref, "params_m"), "paper_bflops": get(ref, "bflops")}
+        for metric in spec.metrics:
+            rec[f"paper_{metric}"] = get(ref, metric)
+        for base in spec.baselines:
+            stated = ref is not None and spec.reference_name(base) is not None and \
+                str(delta_vs) == str(spec.reference_name(base))
+            sfx = spec.suffix(base)
+            bflops_delta = get(ref, "bflops_delta_pct") if stated else math.nan
+            if math.isnan(bflops_delta):
+                bflops_delta = _pct(rec["paper_bflops"], get(refs.get(base), "bflops"))
+            rec[f"paper_bflops_delta_pct{sfx}"] = bflops_delta
+            for metric in spec.metrics:
+                delta = get(ref, f"{metric}_delta") if stated else math.nan
+                if math.isnan(delta):
+                    delta = rec[f"paper_{metric}"] - get(refs.get(base), metric)
+                rec[f"paper_{metric}_delta{sfx}"] = delta
+        if len(spec.baselines) > 1:
+            has_vs = delta_vs is not None and pd.notna(delta_vs)
+            rec["paper_delta_vs"] = (spec.row_for_reference_name(delta_vs) or str(delta_vs)) if has_vs else None
+            for metric in spec.metrics:
+                rec[f"paper_{metric}_delta_stated"] = get(ref, f"{metric}_delta")
         records.append(rec)
-    return pd.DataFrame(records, columns=PAPER_COLUMNS)
+    return pd.DataFrame(records, columns=paper_column_names(spec))
 
 
 # ---- claims -----------------------------------------------------------------------------
@@ -215,14 +247,21 @@ def judge_compute(measured: float, claim: Claim) -> tuple[str, str]:
     return "contradicted", f"{measured:+.1f} % is not a {claim.direction} of at least {claim.min_effect:g} %"
 
 
-def judge_accuracy(delta: float, ci: float, claim: Claim) -> tuple[str, str]:
-    """Mean delta and its 95 % CI half-width: see the verdict rule in ``csp_ablate.report``."""
+def judge_accuracy(delta: float, ci: float, claim: Claim, sign_only: bool = False) -> tuple[str, str]:
+    """Mean delta and its 95 % CI half-width: see the verdict rule in ``csp_ablate.report``.
+
+    ``sign_only`` (fps): a size claim is judged as a direction claim with the sign of its size.
+    """
     if delta is None or math.isnan(delta):
         return "inconclusive", "no completed runs for one of the two rows"
     if ci is None or math.isnan(ci):
         return "inconclusive", "no interval (fewer than 2 seeds in a row)"
     lo, hi = delta - ci, delta + ci
     span = f"{delta:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    if sign_only and claim.paper is not None:
+        direction = "increase" if claim.paper > 0 else "decrease"
+        verdict, why = judge_accuracy(delta, ci, replace(claim, paper=None, direction=direction))
+        return verdict, f"sign only ({direction}; the paper's {claim.paper:+g} is not comparable): {why}"
     if claim.paper is not None:
         p = claim.paper
         if not lo <= p <= hi:
@@ -244,7 +283,7 @@ CLAIM_COLUMNS = [
 
 
 def claims_table(runs: pd.DataFrame, table: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
-    """One row per claim: the paper's effect, ours (with CI for accuracy), the verdict."""
+    """One row per claim: the paper's effect, ours (with CI for measured metrics), the verdict."""
     frame = runs.assign(row=assign_rows(runs, spec))
     by_row = table.set_index("row")
     records = []
@@ -259,8 +298,9 @@ def claims_table(runs: pd.DataFrame, table: pd.DataFrame, spec: ReportSpec) -> p
             rec.update(measured=measured, ci95=math.nan, ci95_low=math.nan, ci95_high=math.nan)
             rec["verdict"], rec["reason"] = judge_compute(measured, claim)
         else:
-            delta, ci = welch_delta_ci(_values(frame, claim.row, "top1"), _values(frame, claim.vs, "top1"))
+            metric = claim.metric
+            delta, ci = welch_delta_ci(_values(frame, claim.row, metric), _values(frame, claim.vs, metric))
             rec.update(measured=delta, ci95=ci, ci95_low=delta - ci, ci95_high=delta + ci)
-            rec["verdict"], rec["reason"] = judge_accuracy(delta, ci, claim)
+            rec["verdict"], rec["reason"] = judge_accuracy(delta, ci, claim, sign_only=metric in SIGN_ONLY_METRICS)
         records.append(rec)
     return pd.DataFrame(records, columns=CLAIM_COLUMNS)

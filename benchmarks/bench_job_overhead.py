@@ -33,7 +33,9 @@ PHASES = {  # (file suffix, function name) -> phase label
     ("csp_ablate/train.py", "measure_cost"): "cost counting (params, BFLOPs, CIO)",
     ("csp_ablate/train.py", "build_model"): "model build",
     ("csp_ablate/loggers.py", "build_logger"): "W&B/CSV logger object",
-    ("wandb/sdk/wandb_init.py", "init"): "W&B init (lazy: runs inside Trainer.fit)",
+    # W&B starts in a background thread (csp_ablate.loggers.EarlyWandbRun), which cProfile does not
+    # see: 0 here means nothing of wandb.init is left on the main thread
+    ("wandb/sdk/wandb_init.py", "init"): "W&B init on the main thread (inside Trainer.fit)",
     ("csp_ablate/loggers.py", "finish_logger"): "W&B summary + finish",
     ("csp_ablate/record.py", "write_record"): "record.json write",
     ("csp_ablate/profile.py", "measure_fps"): "fps measurement",

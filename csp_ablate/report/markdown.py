@@ -69,7 +69,7 @@ AXIS_HEADERS = {"gamma": "γ", "fusion": "fusion", "activation": "act.", "neck":
 METRIC_TEXT = {  # what a metric is, for the sentence above a table
     "top1": "top-1 = test top-1 in %",
     "val_top1": "val top-1 = top-1 on the validation split in %",
-    "ap": "AP = box AP (IoU 0.50:0.95) on the test split in %",
+    "ap": "AP = box AP (IoU 0.50:0.95) on the val split in % (COCO has no labelled test split)",
     "ap50": "AP50 = box AP at IoU 0.50 in %",
     "fps": "fps = frames/s measured at batch 1 on the run's own device",
 }

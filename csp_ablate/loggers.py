@@ -111,19 +111,64 @@ def start_wandb_early(cfg: DictConfig, record: dict[str, Any]) -> EarlyWandbRun 
     return EarlyWandbRun(cfg, record)
 
 
-def build_logger(cfg: DictConfig, record: dict[str, Any], early: EarlyWandbRun | None = None):
+def resumable_csv_logger(save_dir: str, resume_step: int | None):
+    """Lightning's CSVLogger writing ``<save_dir>/csv/metrics.csv``, continued across launches.
+
+    Lightning's writer deletes an existing ``metrics.csv`` when it opens its directory, so a
+    resumed job would lose the curves of its earlier launches. With ``resume_step`` (the step
+    of the checkpoint this launch resumes from) the earlier rows up to that step are kept and
+    this launch appends to them; rows after it were trained again from the checkpoint and are
+    dropped, so every step appears once. A fresh run (``None``) starts a new file, as before.
+    """
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class ContinuingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            path = Path(self.metrics_file_path)
+            if resume_step is None or not path.is_file():
+                super()._check_log_dir_exists()  # fresh run: Lightning's behaviour
+                return
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                keys = list(reader.fieldnames or [])
+                rows = [r for r in reader if not r.get("step") or int(float(r["step"])) <= resume_step]
+            tmp = path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+            self.metrics_keys = sorted(keys)  # new keys later extend the header, old rows kept
+
+    class ContinuingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = ContinuingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ContinuingCSVLogger(save_dir=save_dir, name="csv", version="")
+
+
+def build_logger(cfg: DictConfig, record: dict[str, Any], early: EarlyWandbRun | None = None,
+                 resume_step: int | None = None):
     """The Lightning logger for this run, or ``None`` for ``logger=none``.
 
-    With ``early`` (an already started W&B run) the WandbLogger adopts that run.
+    With ``early`` (an already started W&B run) the WandbLogger adopts that run; with
+    ``resume_step`` the CSV logger continues the earlier launches' ``metrics.csv``.
     """
     name = cfg.logger.name
     out_dir = Path(str(cfg.output_dir))
     if name == "none":
         return None
     if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(out_dir), name="csv", version="")
+        return resumable_csv_logger(str(out_dir), resume_step)
     if name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 

@@ -258,7 +258,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
         stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
-        logger = build_logger(cfg, record, early=early)
+        logger = build_logger(cfg, record, early=early, resume_step=resumed["global_step"] if resumed else None)
         if resumed is not None:
             _continue_wandb_run(logger, history)
         callbacks: list[L.Callback] = []

@@ -137,11 +137,13 @@ def test_sigterm_then_relaunch_resumes_to_the_same_final_step(tmp_path, data_ove
     end = history(tmp_path)[-1]
     assert end["event"] == "end" and end["global_step"] == 24 and end["resumed_from_step"] == stopped["global_step"]
     assert "resuming from" in (tmp_path / "__main__.log").read_text()
-    # the LR schedule continued: every LR logged by the second launch is poly(step) over 24 steps
+    # metrics.csv holds both launches (the first launch's rows survive the relaunch), every step
+    # once, and the LR schedule continued: every LR logged is poly(step) over 24 steps
     metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     lr_col = next(c for c in metrics.columns if c.startswith("lr-SGD"))
     lrs = metrics.dropna(subset=[lr_col])
-    assert lrs["step"].min() >= stopped["global_step"]  # nothing re-trained from step 0
+    assert lrs["step"].min() < stopped["global_step"] <= lrs["step"].max()
+    assert lrs["step"].is_unique  # nothing re-trained from step 0, no step logged twice
     for step, lr in zip(lrs["step"], lrs[lr_col]):
         assert lr == pytest.approx(_poly_lr(int(step), 24), rel=1e-5, abs=1e-9), (step, lr)
 
@@ -205,3 +207,26 @@ def test_resumed_run_continues_its_wandb_run(tmp_path, data_override):
     runs = [read_offline_run(d) for d in find_offline_runs(tmp_path)]
     assert len(runs) == 2 and {r["run_id"] for r in runs} == {rec["wandb_run_id"]}  # one W&B run, two launches
     assert runs[-1]["summary"]["launches"] == 2 and runs[-1]["summary"]["resumed_from_step"] >= 2
+
+
+@pytest.mark.parametrize("resume_step", [None, 5])
+def test_csv_logger_keeps_earlier_launches_rows_up_to_the_resumed_step(tmp_path, resume_step):
+    """A relaunch appends to metrics.csv instead of Lightning's delete-and-restart; rows after the
+    checkpoint (trained again) go, a new metric widens the header; a fresh run starts anew."""
+    import pandas as pd
+
+    from csp_ablate.loggers import resumable_csv_logger
+
+    metrics = tmp_path / "csv" / "metrics.csv"
+    metrics.parent.mkdir()
+    pd.DataFrame({"step": range(10), "train/loss": [float(10 - i) for i in range(10)]}).to_csv(metrics, index=False)
+    logger = resumable_csv_logger(str(tmp_path), resume_step)
+    logger.log_metrics({"train/loss": 0.5, "val/top1": 80.0}, step=6)
+    logger.save()
+    out = pd.read_csv(metrics)
+    if resume_step is None:
+        assert out["step"].tolist() == [6]
+    else:
+        assert out["step"].tolist() == [0, 1, 2, 3, 4, 5, 6]
+        assert out["train/loss"].tolist() == [10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 0.5]
+        assert out["val/top1"].isna().sum() == 6 and out["val/top1"].iloc[-1] == 80.0

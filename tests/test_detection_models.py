@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from csp_ablate.errors import ConfigError
 from csp_ablate.models.detector import (
@@ -98,6 +99,20 @@ def test_detection_taps_pick_the_last_map_of_each_stride():
         detection_taps([{"reduction": r} for r in (4, 8, 16)])
     backbone = build_detection_backbone("peleenet")
     assert backbone.feature_info.reduction() == [8, 16, 32]
+
+
+def test_classification_only_backbone_is_a_clear_error(monkeypatch):
+    """A model timm cannot build with features_only (a classifier-only net) names the fix."""
+    import csp_ablate.models as models
+
+    def classifier_only(name, **kwargs):
+        if kwargs.get("features_only"):
+            raise RuntimeError("features_only not implemented for this model")
+        return nn.Linear(1, 1)
+
+    monkeypatch.setattr(models, "create_backbone", classifier_only)
+    with pytest.raises(ConfigError, match=r"model=plainnet cannot serve as a detection backbone.*features_only.*model=csppeleenet"):
+        build_detection_backbone("plainnet")
 
 
 def test_unknown_extra_or_neck_is_a_config_error():

@@ -84,6 +84,9 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
     done = None if force else find_completed(Path(HydraConfig.get().sweep.dir), chash, seed)
     if done is None:
         displace_foreign_record(output_dir(cfg), chash, seed)
+        from csp_ablate import checkpoint  # imports torch: only for a job that is about to train
+
+        checkpoint.set_aside_other_runs_state(output_dir(cfg), checkpoint.fingerprint(cfg))
         return None
     rec = json.loads(done.read_text())
     line = (f"[csp_ablate] skipped: {rec.get('run_id')} already completed (top1={rec.get('top1')}) | "

@@ -19,6 +19,13 @@ a :class:`ConfigError` naming the file and both ways out -- never a silent resta
 written atomically (temp file + rename) so a kill during a save leaves the previous checkpoint,
 and loaded with ``weights_only=True``. Each launch appends one line to
 ``checkpoints/launches.jsonl`` (the evidence that, and from where, a run resumed).
+
+In a multirun, Hydra names job dirs by grid position, so a sweep extended into the same dir
+with other seeds or rows puts a grid point into a dir holding another grid point's state. That
+is a collision, not a user's mistake: :func:`set_aside_other_runs_state` moves the other run's
+``checkpoints/`` and ``csv/`` to ``checkpoints.<its fingerprint>/`` and ``csv.<its fingerprint>/``
+(kept, never resumed into the wrong experiment), as ``csp_ablate.__main__`` does with its
+finished ``record.json``. A single run (``hydra.run.dir``) keeps the clear error above.
 """
 
 from __future__ import annotations
@@ -291,6 +298,33 @@ def append_history(out: Path, entry: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps({"at": now_iso(), "host": platform.node(), **entry}, default=str) + "\n")
+
+
+def set_aside_other_runs_state(out: Path, expected_fingerprint: str) -> list[Path]:
+    """Move ``checkpoints/`` and ``csv/`` of another experiment out of this job dir's way.
+
+    "Another experiment" is what the last launch in ``checkpoints/launches.jsonl`` says; with no
+    history (nothing to go by) nothing moves and the resume check decides. Returns the new paths.
+    """
+    out = Path(out)
+    starts = [h for h in read_history(out) if h.get("event") == "start" and h.get("fingerprint")]
+    if not starts or starts[-1]["fingerprint"] == expected_fingerprint:
+        return []
+    other = starts[-1]["fingerprint"]
+    moved = []
+    for name in (CKPT_DIR, "csv"):
+        src = out / name
+        if not src.exists():
+            continue
+        dst, n = out / f"{name}.{other}", 1
+        while dst.exists():  # set aside before: never overwrite
+            n += 1
+            dst = out / f"{name}.{other}.{n}"
+        os.replace(src, dst)
+        moved.append(dst)
+    log.warning("job dir %s held the checkpoints of another experiment (fingerprint %s; this one is %s): "
+                "kept as %s", out, other, expected_fingerprint, ", ".join(p.name for p in moved))
+    return moved
 
 
 def read_history(out: Path) -> list[dict[str, Any]]:

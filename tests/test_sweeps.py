@@ -200,6 +200,32 @@ def test_failed_job_is_isolated_and_rerun_resumes_then_force_reruns(tmp_path, ti
     assert records(sweep_dir)[0]["config_hash"] == done_before["config_hash"]  # force is not part of the hash
 
 
+def test_sweep_extended_into_the_same_dir_sets_other_grid_points_aside(tmp_path, data_override):
+    """Seeds 0,1 then seeds 1,2 into one dir: Hydra puts seed 1 into job dir 0 (seed 0's) and seed 2
+    into dir 1. Seed 1 is skipped (done), seed 2 trains (no 'cannot resume' from seed 1's
+    checkpoint); the other runs' record, checkpoints and curves are kept, the report has all 3."""
+    sweep_dir = tmp_path / "extended"
+    common = ("tier=smoke", "logger=csv", f"hydra.sweep.dir={sweep_dir}", *data_override)
+    first = run_cli("-m", "seed=0,1", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    seed1_curves = (sweep_dir / "1" / "csv" / "metrics.csv").read_text()
+
+    second = run_cli("-m", "seed=1,2", *common)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert count_lines(second.stdout, "[csp_ablate] skipped:") == 1
+    assert count_lines(second.stdout, "[csp_ablate] completed:") == 1
+    assert "Cannot resume" not in second.stdout + second.stderr
+    job1 = sweep_dir / "1"
+    assert json.loads((job1 / "record.json").read_text())["seed"] == 2
+    assert [json.loads(p.read_text())["seed"] for p in job1.glob("record.*.json")] == [1]
+    aside = sorted(p.name.split(".")[0] for p in job1.iterdir() if p.is_dir() and "." in p.name and p.name[0] != ".")
+    assert aside == ["checkpoints", "csv"]
+    assert next(job1.glob("csv.*/metrics.csv")).read_text() == seed1_curves
+    assert (job1 / "checkpoints" / "last.ckpt").exists()  # seed 2's own
+    runs = pd.read_csv(sweep_dir / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1, 2] and set(runs["status"]) == {"completed"}
+
+
 def _reap_group(proc: subprocess.Popen) -> None:
     """SIGKILL whatever is left of the killed sweep's process group (a worker being spawned while
     SIGTERM went out), so nothing of it can write into the sweep dir during the rerun."""

@@ -62,7 +62,8 @@ def figure7(out_dir: Path, img_size: int = 320, num_classes: int = 80):
     """Write per-layer CSVs, ``figure7_detection.csv|md`` and the plot; return the summary table."""
     import pandas as pd
 
-    from csp_ablate.profile import _atomic_write, bottleneck, per_layer_table, plot_per_layer
+    from csp_ablate.atomic import write_text_atomic
+    from csp_ablate.profile import bottleneck, per_layer_table, plot_per_layer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tables, rows = {}, []
@@ -70,7 +71,7 @@ def figure7(out_dir: Path, img_size: int = 320, num_classes: int = 80):
         table = per_layer_table(build(spec, img_size, num_classes), img_size)
         table["part"] = table["name"].map(_part)
         tables[spec.label] = table
-        _atomic_write(out_dir / f"per_layer_{spec.slug}-{img_size}.csv", table.to_csv(index=False))
+        write_text_atomic(out_dir / f"per_layer_{spec.slug}-{img_size}.csv", table.to_csv(index=False))
         top = bottleneck(table)
         rows.append({
             "detector": spec.label, "neck": spec.neck, "img_size": img_size, "num_classes": num_classes,
@@ -83,10 +84,10 @@ def figure7(out_dir: Path, img_size: int = 320, num_classes: int = 80):
     summary["bottleneck_cut_pct_vs_yolo"] = 100 * (summary["bottleneck_bflops"] / base - 1)
     summary["paper_cut_pct"] = [PAPER_CUT_PCT if d == "CSPPeleeNet-EFM" else None for d in summary["detector"]]
     summary["how"] = f"our hook counter (csp_ablate.profile) at {img_size}x{img_size}, batch 1, {num_classes} classes"
-    _atomic_write(out_dir / "figure7_detection.csv", summary.to_csv(index=False))
+    write_text_atomic(out_dir / "figure7_detection.csv", summary.to_csv(index=False))
     plot_per_layer(tables, out_dir / "figure7_detection.png",
                    title=f"Per-layer BFLOPs of three detectors at {img_size}x{img_size} (paper Figure 7)")
-    _atomic_write(out_dir / "figure7_detection.md", markdown(summary))
+    write_text_atomic(out_dir / "figure7_detection.md", markdown(summary))
     return summary
 
 

@@ -126,6 +126,8 @@ def resumable_csv_logger(save_dir: str, resume_step: int | None):
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
     from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+    from csp_ablate.atomic import atomic_path
+
     class ContinuingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
             path = Path(self.metrics_file_path)
@@ -136,12 +138,10 @@ def resumable_csv_logger(save_dir: str, resume_step: int | None):
                 reader = csv.DictReader(f)
                 keys = list(reader.fieldnames or [])
                 rows = [r for r in reader if not r.get("step") or int(float(r["step"])) <= resume_step]
-            tmp = path.with_suffix(".csv.tmp")
-            with tmp.open("w", newline="") as f:
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=keys)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.replace(tmp, path)
             self.metrics_keys = sorted(keys)  # new keys later extend the header, old rows kept
 
     class ContinuingCSVLogger(CSVLogger):

@@ -98,7 +98,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -110,6 +109,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from csp_ablate.atomic import write_text_atomic, write_with
 from csp_ablate.errors import ConfigError
 
 log = logging.getLogger("csp_ablate.profile")
@@ -735,17 +735,6 @@ def _na_to_none(df):
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are shared files
-    os.replace(tmp, path)
-
-
 def write_fidelity(measured, out_dir: Path, merge: bool = True, command: str = ""):
     """Evaluate ``measured`` rows (merged into ``out_dir/fidelity.csv`` if ``merge``) and write
     ``fidelity.csv`` and ``fidelity.md``. Returns the evaluated table."""
@@ -760,8 +749,8 @@ def write_fidelity(measured, out_dir: Path, merge: bool = True, command: str = "
         measured = upsert(old, measured)
     table = evaluate(_na_to_none(measured.reset_index(drop=True)))
     table = table[_columns(table)]
-    _atomic_write(csv, table.to_csv(index=False))
-    _atomic_write(out_dir / "fidelity.md", fidelity_markdown(table, out_dir, command))
+    write_text_atomic(csv, table.to_csv(index=False))
+    write_text_atomic(out_dir / "fidelity.md", fidelity_markdown(table, out_dir, command))
     return table
 
 
@@ -932,7 +921,7 @@ def bottleneck_report(out_dir: Path, img_size: int = 224, activation: str = "lea
     tables = {}
     for spec in (base_spec, csp_spec):
         tables[spec] = per_layer_table(build(spec), img_size)
-        _atomic_write(out_dir / f"per_layer_{spec.slug}.csv", tables[spec].to_csv(index=False))
+        write_text_atomic(out_dir / f"per_layer_{spec.slug}.csv", tables[spec].to_csv(index=False))
     base, csp = tables[base_spec], tables[csp_spec]
     rows = []
     scopes = [("largest layer", None), (STAGES_2_3, ("stages.1", "stages.2"))]
@@ -946,7 +935,7 @@ def bottleneck_report(out_dir: Path, img_size: int = 224, activation: str = "lea
                      "csp_bflops": cc["bflops"], "cut_pct": 100 * (cc["bflops"] / bb["bflops"] - 1),
                      "paper_cut_pct": paper})
     bn = pd.DataFrame(rows)
-    _atomic_write(out_dir / "bottleneck.csv", bn.to_csv(index=False))
+    write_text_atomic(out_dir / "bottleneck.csv", bn.to_csv(index=False))
     plot_per_layer({base_spec.label: base, csp_spec.label: csp}, out_dir / "figure7_per_layer.png",
                    title=f"Per-layer BFLOPs at {img_size}x{img_size} (paper Figure 7)")
     return bn, tables
@@ -984,8 +973,7 @@ def plot_per_layer(tables: dict[str, Any], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
 
@@ -1099,7 +1087,7 @@ def run_profile(cfg) -> dict[str, Any]:
         bottleneck_report(out_dir)
         table = write_fidelity(pd.DataFrame(rows), out_dir, merge=bool(cfg.merge), command=_command_line())
         cio = pd.DataFrame(cio_pairs(table))
-        _atomic_write(out_dir / "cio.csv", cio.to_csv(index=False))
+        write_text_atomic(out_dir / "cio.csv", cio.to_csv(index=False))
         if cfg.format == "json":
             print(json.dumps({"out_dir": str(out_dir), "rows": json.loads(table.to_json(orient="records"))}))
         else:
@@ -1115,7 +1103,7 @@ def run_profile(cfg) -> dict[str, Any]:
     if cfg.per_layer:
         model = build(spec, int(cfg.num_classes))
         layers = per_layer_table(model, int(cfg.img_size))
-        _atomic_write(out_dir / f"per_layer_{spec.slug}-{cfg.img_size}.csv", layers.to_csv(index=False))
+        write_text_atomic(out_dir / f"per_layer_{spec.slug}-{cfg.img_size}.csv", layers.to_csv(index=False))
         plot_per_layer({spec.label: layers}, out_dir / f"per_layer_{spec.slug}-{cfg.img_size}.png",
                        title=f"Per-layer BFLOPs at {cfg.img_size}x{cfg.img_size}")
         top = layers.nlargest(int(cfg.top_layers), "bflops")

@@ -14,13 +14,14 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from csp_ablate.atomic import write_json_atomic
 
 IDENTITY = ["sweep", "run_id", "config_hash", "seed", "status", "error"]
 AXES = [
@@ -132,24 +133,6 @@ def _package_version(name: str) -> str | None:
 def _dataset_name(cfg: DictConfig) -> str:
     target = str(cfg.data.get("_target_", ""))
     return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> Path:
-    """Write JSON via a temp file + rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_record(cfg: DictConfig, record: Mapping[str, Any]) -> Path:

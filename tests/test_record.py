@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from csp_ablate.atomic import write_json_atomic
 from csp_ablate.errors import ConfigError
 from csp_ablate.record import (
-    RECORD_FILE, RECORD_KEYS, base_record, config_hash, write_failed_record, write_json_atomic, write_record,
+    RECORD_FILE, RECORD_KEYS, base_record, config_hash, write_failed_record, write_record,
 )
 
 DESIGN_KEYS = (
@@ -49,6 +50,18 @@ def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):
         write_json_atomic(path, {"a": object.__new__(type("X", (), {"__str__": None}))})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_atomic_write_gives_shared_file_permissions(tmp_path):
+    """mkstemp's temp files are 0600; a record or table must be readable like any file (umask)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_failure_never_replaces_a_completed_record(compose, tmp_path):

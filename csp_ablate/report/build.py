@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from csp_ablate.report.io import write_csv_atomic, write_text_atomic
+from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from csp_ablate.report.io import write_with
+from csp_ablate.atomic import write_with
 from csp_ablate.report.markdown import describe_runs
 from csp_ablate.report.spec import METRIC_INFO, ReportSpec
 

@@ -1,16 +1,26 @@
 """Atomic file writes: a temp file in the target's directory, fsync, then ``os.replace``.
 
-A reader (or a sweep killed mid-write) never sees half a CSV: either the old file or the new
-one. Temp files are dot-files (``.<name>.*.tmp``), removed on any error.
+Every record, report table, fidelity table and plot goes through here, so a reader (or a sweep
+killed mid-write) never sees half a file: either the old one or the new one. Temp files are
+dot-files (``.<name>.*.tmp``), removed on any error. The result gets the usual permissions
+(0666 less the umask), not ``mkstemp``'s private 0600: results are shared files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -25,6 +35,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -50,3 +61,8 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> Path:
+    """``payload`` as indented JSON (non-JSON values via ``str``), one line at the end."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -75,9 +75,8 @@ def build_model(cfg: DictConfig, num_classes: int, in_chans: int) -> nn.Module:
     return create_backbone(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
-    """Params, BFLOPs and CIO at the paper's input (224², 1000 classes); BFLOPs as trained."""
-    paper_model = build_model(cfg, num_classes=cfg.profile.paper_num_classes, in_chans=3)
+def _cost_fields(cfg: DictConfig, paper_model: nn.Module, model: nn.Module) -> dict[str, Any]:
+    """The record's cost: ``paper_model`` at the paper's input, ``model`` as trained (BFLOPs)."""
     paper = profile.model_cost(paper_model, cfg.profile.paper_img_size, 3)
     return {
         "params_m": round(paper["params_m"], 4),
@@ -85,6 +84,11 @@ def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
         "cio_m": round(paper["cio_m"], 4),
         "bflops_train": round(profile.count_bflops(model, cfg.data.img_size, cfg.data.channels), 5),
     }
+
+
+def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
+    """Params, BFLOPs and CIO at the paper's input (224², 1000 classes); BFLOPs as trained."""
+    return _cost_fields(cfg, build_model(cfg, num_classes=cfg.profile.paper_num_classes, in_chans=3), model)
 
 
 def resolve_anchors(cfg: DictConfig, datamodule) -> list[list[list[float]]]:
@@ -117,14 +121,7 @@ def build_detector_from_cfg(cfg: DictConfig, num_classes: int, anchors, in_chans
 
 def measure_detector_cost(cfg: DictConfig, model: nn.Module, anchors) -> dict[str, Any]:
     """Whole detector (backbone + neck + head) at the paper's input (320², 80 classes); as trained."""
-    paper_model = build_detector_from_cfg(cfg, cfg.profile.paper_num_classes, anchors, in_chans=3)
-    paper = profile.model_cost(paper_model, cfg.profile.paper_img_size, 3)
-    return {
-        "params_m": round(paper["params_m"], 4),
-        "bflops": round(paper["bflops"], 4),
-        "cio_m": round(paper["cio_m"], 4),
-        "bflops_train": round(profile.count_bflops(model, cfg.data.img_size, cfg.data.channels), 5),
-    }
+    return _cost_fields(cfg, build_detector_from_cfg(cfg, cfg.profile.paper_num_classes, anchors, in_chans=3), model)
 
 
 def build_task_model(cfg: DictConfig, datamodule, rank_zero: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:

@@ -11,7 +11,6 @@ import datetime as _dt
 import functools
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import traceback

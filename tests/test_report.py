@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import CONF_DIR, REPO
+from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.record import RECORD_KEYS
 from csp_ablate.report import build_report, load_spec
-from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.spec import Claim
 from csp_ablate.report.stats import mean_ci, t_ppf, welch_delta_ci
 from csp_ablate.report.tables import judge_accuracy, judge_compute

@@ -152,7 +152,8 @@ def _table_intro(spec: ReportSpec, runs: pd.DataFrame, base_labels: list[str]) -
         f"Ours: {describe_runs(runs)}. {what}, mean ± 95 % t-interval half-width "
         f"over seeds (n = completed seeds). #Param and BFLOPs are exact profiler counts at {spec.cost_basis}. "
         f"Deltas are against {' and '.join(base_labels)}: compute in relative %, {units} "
-        f"(Welch 95 % interval).{' ' + SIGN_ONLY_NOTE + '.' if sign_only else ''} "
+        f"(95 % interval with the within-row variance pooled across the rows{'; fps: Welch' if sign_only else ''}; "
+        f"csp_ablate/report/verdicts.py).{' ' + SIGN_ONLY_NOTE + '.' if sign_only else ''} "
         f"Paper: csp_ablate/reference/reference.csv ({DASH} = not published)."
     )
 

@@ -20,7 +20,7 @@ from csp_ablate.record import AXES
 from csp_ablate.report.spec import SIGN_ONLY_METRICS, Claim, ReportSpec, Row
 from csp_ablate.report.stats import mean_ci
 from csp_ablate.report.verdicts import (
-    COMPUTE_TOL_PT, Evidence, bartlett_p, claim_test, classify, holm_adjust, judge, judge_compute, pooled_evidence,
+    COMPUTE_TOL_PT, ClaimTest, Evidence, bartlett_p, claim_test, classify, holm_adjust, judge, judge_compute, pooled_evidence,
     pooled_variance, welch_evidence,
 )
 
@@ -257,6 +257,16 @@ def variance_checks(runs: pd.DataFrame, spec: ReportSpec) -> dict[str, tuple[flo
     return out
 
 
+def statistical_test(claim: Claim) -> tuple[ClaimTest, str]:
+    """What a statistical claim asserts, and a prefix for its reason: a size claim on a sign-only
+    metric (fps) is judged as the direction claim with the sign of its size."""
+    if claim.metric in SIGN_ONLY_METRICS and claim.paper is not None:
+        direction = "increase" if claim.paper > 0 else "decrease"
+        return (claim_test(None, direction, claim.margin),
+                f"sign only ({direction}; the paper's {claim.paper:+g} is not comparable): ")
+    return claim_test(claim.paper, claim.direction, claim.margin), ""
+
+
 CLAIM_COLUMNS = [
     "claim", "text", "source", "row", "vs", "metric", "paper", "direction", "margin", "measured",
     "ci95_low", "ci95_high", "n", "n_vs", "verdict", "verdict_holm", "mde80", "seeds_needed", "reason",
@@ -285,12 +295,7 @@ def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True) 
             p_con.append(math.nan)
         else:
             ev = evidence[claim.metric](claim.row, claim.vs)
-            test = claim_test(claim.paper, claim.direction, claim.margin)
-            prefix = ""
-            if claim.metric in SIGN_ONLY_METRICS and claim.paper is not None:
-                direction = "increase" if claim.paper > 0 else "decrease"
-                test = claim_test(None, direction, claim.margin)
-                prefix = f"sign only ({direction}; the paper's {claim.paper:+g} is not comparable): "
+            test, prefix = statistical_test(claim)
             j = judge(test, ev, with_power=with_power)
             rec.update(measured=ev.delta, ci95_low=j.lo, ci95_high=j.hi, n=ev.n, n_vs=ev.n_vs, verdict=j.verdict,
                        mde80=j.mde80, seeds_needed=j.seeds_needed, reason=prefix + j.reason)

@@ -261,8 +261,7 @@ def _one_sided_power(d: float, nobs: float, alpha: float, df: float) -> float:
 @lru_cache(maxsize=4096)
 def _standardized_mde(n: int, n_vs: int, df: float, power: float) -> float:
     nobs = _n_eff(n, n_vs)
-    return float(optimize.brentq(
-        lambda d: ttest_power(d, nobs, ALPHA / 2, df=df, alternative="larger") - power, 1e-6, 1e3))
+    return float(optimize.brentq(lambda d: _one_sided_power(d, nobs, ALPHA / 2, df) - power, 1e-6, 1e3))
 
 
 def mde(ev: Evidence, power: float = POWER) -> float:

@@ -232,11 +232,19 @@ def _paper_columns(spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataF
 def evidence_for(frame: pd.DataFrame, spec: ReportSpec, metric: str) -> Callable[[str, str], Evidence]:
     """``(row, vs) -> Evidence`` on ``metric``: the within-row variance pooled across the spec's
     rows (sign-only metrics, fps: Welch), see csp_ablate.report.verdicts. ``frame`` has ``row``."""
-    values = {r.id: _values(frame, r.id, metric) for r in spec.rows}
+    values = row_values(frame, spec, metric)
     if metric in SIGN_ONLY_METRICS:
         return lambda row, vs: welch_evidence(values[row], values[vs])
     var, df = pooled_variance(list(values.values()))
     return lambda row, vs: pooled_evidence(values[row], values[vs], var, df)
+
+
+def row_values(frame: pd.DataFrame, spec: ReportSpec, metric: str) -> dict[str, np.ndarray]:
+    """Completed values of ``metric`` per spec row (one groupby; empty arrays for rows not run)."""
+    done = frame[frame["status"] == "completed"]
+    grouped = {key: pd.to_numeric(g, errors="coerce").dropna().to_numpy(dtype=float)
+               for key, g in done.groupby("row", sort=False)[metric]}
+    return {r.id: grouped.get(r.id, np.empty(0)) for r in spec.rows}
 
 
 def _delta_ci(ev: Evidence) -> tuple[float, float]:
@@ -273,11 +281,17 @@ CLAIM_COLUMNS = [
 ]
 
 
-def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True) -> pd.DataFrame:
+def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True, with_holm: bool = True) -> pd.DataFrame:
     """One row per claim: the paper's effect, ours with its 95 % interval, the verdict (and
-    Holm's across the statistical claims), power, and the reason (csp_ablate.report.verdicts)."""
-    frame = runs.assign(row=assign_rows(runs, spec))
+    Holm's across the statistical claims), power, and the reason (csp_ablate.report.verdicts).
+
+    ``with_power`` / ``with_holm`` False leave ``mde80``/``seeds_needed`` / ``verdict_holm``
+    empty: simulations that only need the verdicts run ~10x faster; so does a ``runs`` frame
+    that already has its ``row`` column (:func:`assign_rows`)."""
+    frame = runs if "row" in runs else runs.assign(row=assign_rows(runs, spec))
     evidence = {m: evidence_for(frame, spec, m) for m in dict.fromkeys(c.metric for c in spec.claims) if m != "bflops"}
+    cost = row_values(frame.assign(status="completed"), spec, "bflops")  # a failed run that got far has its cost
+    n_done = frame[frame["status"] == "completed"].groupby("row").size().to_dict()
     records, p_rep, p_con = [], [], []
     for claim in spec.claims:
         rec: dict[str, Any] = {
@@ -285,11 +299,11 @@ def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True) 
             "metric": claim.metric, "paper": claim.paper, "direction": claim.direction, "margin": claim.margin,
         }
         if claim.metric == "bflops":
-            measured = _pct(_bflops(frame, claim.row), _bflops(frame, claim.vs))
+            measured = _pct(*(cost[r][0] if cost[r].size else math.nan for r in (claim.row, claim.vs)))
             verdict, reason = judge_compute(measured, claim.paper, claim.direction, claim.min_effect)
             rec.update(margin=COMPUTE_TOL_PT if claim.paper is not None else math.nan, measured=measured,
-                       ci95_low=math.nan, ci95_high=math.nan, n=_n(frame, claim.row, "bflops"),
-                       n_vs=_n(frame, claim.vs, "bflops"), verdict=verdict, verdict_holm=verdict,
+                       ci95_low=math.nan, ci95_high=math.nan, n=int(n_done.get(claim.row, 0)),
+                       n_vs=int(n_done.get(claim.vs, 0)), verdict=verdict, verdict_holm=verdict,
                        mde80=math.nan, seeds_needed=math.nan, reason=reason)
             p_rep.append(math.nan)
             p_con.append(math.nan)
@@ -305,16 +319,7 @@ def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True) 
     out = pd.DataFrame(records, columns=CLAIM_COLUMNS)
     stat = out["metric"] != "bflops"
     out["verdict_holm"] = out["verdict_holm"].astype(object)
-    if stat.any():
+    if stat.any() and with_holm:
         holm = classify(holm_adjust(np.asarray(p_rep)[stat]), holm_adjust(np.asarray(p_con)[stat]))
         out.loc[stat, "verdict_holm"] = list(holm)
     return out
-
-
-def _bflops(frame: pd.DataFrame, row_id: str) -> float:
-    sel = pd.to_numeric(frame.loc[frame["row"] == row_id, "bflops"], errors="coerce").dropna()
-    return float(sel.iloc[0]) if not sel.empty else math.nan
-
-
-def _n(frame: pd.DataFrame, row_id: str, metric: str) -> int:
-    return int(_values(frame, row_id, metric).size)

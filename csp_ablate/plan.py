@@ -46,7 +46,6 @@ from csp_ablate.report.spec import SWEEPS_DIR, ReportSpec, load_spec
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PILOT_SEEDS = 3
 PLAN_KEYS = ("seeds", "budget_min", "dry_run", "jobs", "power", "max_seeds")
-_AXIS_DEFAULTS = {"activation": "leaky", "extras": None}  # conf/config.yaml: what a variant may leave out
 
 
 @dataclass
@@ -90,7 +89,8 @@ def _value_axes(key: str, value: str) -> dict[str, Any]:
     if key != "variant":
         return {key: value}
     raw = yaml.safe_load((CONF_DIR / "variant" / f"{value}.yaml").read_text()) or {}
-    axes: dict[str, Any] = dict(_AXIS_DEFAULTS)
+    top = yaml.safe_load((CONF_DIR / "config.yaml").read_text()) or {}
+    axes: dict[str, Any] = {k: top.get(k) for k in ("activation", "extras")}  # what a variant may leave out
     for item in raw.get("defaults") or []:
         if isinstance(item, dict):
             axes.update({k.split("/", 1)[1]: v for k, v in item.items() if k.startswith("override /")})
@@ -170,6 +170,10 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     target = dict(n_now)
     for claim in spec.claims:
         if claim.metric == "bflops":
+            continue
+        if claim.row not in grid.row_values or claim.vs not in grid.row_values:
+            claims.append({"claim": claim.id, "metric": claim.metric, "paper": claim.paper if claim.paper is not None else claim.direction,
+                           "seeds_needed": math.nan, "rows": (), "status": "a row is not in the sweep's grid"})
             continue
         ev = evidence_for(frame, spec, claim.metric)(claim.row, claim.vs) if not frame.empty else None
         need = math.nan

@@ -14,7 +14,7 @@ Variance model (why not Welch on 3 vs 3)
     seeds), and a difference of two rows has ``se = s · sqrt(1/n + 1/n_vs)``. Welch on 3 vs 3
     seeds has ~4 df, a t quantile of 2.78 instead of 2.06 and a variance estimate that is itself
     off by a factor of 2 or more. Pooling needs similar seed variance across rows; Bartlett's
-    test on the committed proxy records does not reject it (Table 1 p = 0.49, Table 2 AP
+    test on the committed proxy records does not reject it (Table 1 p = 0.48, Table 2 AP
     p = 0.39, AP50 p = 0.64); claims.md prints the test for every sweep. Runs that share a seed
     are not paired: a seed gives two architectures different initial weights, and nothing shows
     that their errors correlate, so the design is unpaired. fps is the exception: it is measured
@@ -71,8 +71,6 @@ from functools import lru_cache
 import numpy as np
 from scipy import optimize
 from scipy.stats import t as student_t
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import ttest_power
 
 ALPHA = 0.05
 POWER = 0.80
@@ -228,6 +226,8 @@ def classify(p_rep, p_con, alpha: float = ALPHA) -> np.ndarray:
 
 def holm_adjust(p: Sequence[float]) -> np.ndarray:
     """Holm step-down adjusted p-values over the finite entries (NaN stays NaN)."""
+    from statsmodels.stats.multitest import multipletests  # imported here: judge_compute stays light
+
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
@@ -254,6 +254,8 @@ def power_of(test: ClaimTest, sigma: float, n: float, n_vs: float, df: float) ->
 
 def _one_sided_power(d: float, nobs: float, alpha: float, df: float) -> float:
     """statsmodels' noncentral-t power; its nct returns NaN far in the tail, where power is 1."""
+    from statsmodels.stats.power import ttest_power
+
     power = float(ttest_power(d, nobs, alpha, df=df, alternative="larger"))
     return 1.0 if math.isnan(power) and d * math.sqrt(nobs) > 10 else power
 

@@ -172,8 +172,8 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
         if claim.metric == "bflops":
             continue
         if claim.row not in grid.row_values or claim.vs not in grid.row_values:
-            claims.append({"claim": claim.id, "metric": claim.metric, "paper": claim.paper if claim.paper is not None else claim.direction,
-                           "seeds_needed": math.nan, "rows": (), "status": "a row is not in the sweep's grid"})
+            claims.append({"claim": claim.id, "metric": claim.metric, "paper": claim.paper, "seeds_needed": math.nan,
+                           "rows": (), "status": "a row is not in the sweep's grid"})
             continue
         ev = evidence_for(frame, spec, claim.metric)(claim.row, claim.vs) if not frame.empty else None
         need = math.nan

@@ -201,3 +201,21 @@ def test_margins_default_by_metric_and_can_be_overridden():
         _spec([{"id": "c", "row": "b", "vs": "a", "metric": "bflops", "paper": -10, "margin": 1}])
     with pytest.raises(ValueError, match="margin must be > 0"):
         _spec([{"id": "c", "row": "b", "vs": "a", "metric": "top1", "paper": 1, "margin": 0}])
+
+
+# ---- the committed Table 1 claims: Holm beside the verdict, power columns ------------------
+def test_committed_table1_claims_have_holm_and_power_columns():
+    from conftest import REPO
+    from csp_ablate.report import load_spec
+    from csp_ablate.report.records import runs_frame
+    from csp_ablate.report.tables import CLAIM_COLUMNS, claims_table
+
+    claims = claims_table(runs_frame(REPO / "results" / "proxy" / "table1"), load_spec("table1")).set_index("claim")
+    assert CLAIM_COLUMNS[-4:] == ["verdict_holm", "mde80", "seeds_needed", "reason"]
+    stat = claims[claims["metric"] == "top1"]
+    assert ((stat["verdict_holm"] == stat["verdict"]) | (stat["verdict_holm"] == "inconclusive")).all()
+    # +0.93 [+0.26, +1.59]: p = 0.008 alone, but 8 top-1 claims: Holm's smallest step is 8 x 0.008 > 0.05
+    assert tuple(claims.loc["first_vs_speleenet", ["verdict", "verdict_holm"]]) == ("reproduced", "inconclusive")
+    assert stat["mde80"].between(0.9, 1.0).all() and (stat["seeds_needed"] >= 5).all()
+    compute = claims[claims["metric"] == "bflops"]
+    assert (compute["verdict"] == compute["verdict_holm"]).all() and compute["mde80"].isna().all()

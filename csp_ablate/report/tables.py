@@ -20,8 +20,8 @@ from csp_ablate.record import AXES
 from csp_ablate.report.spec import SIGN_ONLY_METRICS, Claim, ReportSpec, Row
 from csp_ablate.report.stats import mean_ci
 from csp_ablate.report.verdicts import (
-    COMPUTE_TOL_PT, ClaimTest, Evidence, bartlett_p, claim_test, classify, holm_adjust, judge, judge_compute, pooled_evidence,
-    pooled_variance, welch_evidence,
+    COMPUTE_TOL_PT, ClaimTest, Evidence, bartlett_p, claim_test, classify, holm_adjust, judge, judge_compute,
+    pooled_evidence, pooled_variance, welch_evidence,
 )
 
 log = logging.getLogger("csp_ablate.report")
@@ -321,5 +321,8 @@ def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True, 
     out["verdict_holm"] = out["verdict_holm"].astype(object)
     if stat.any() and with_holm:
         holm = classify(holm_adjust(np.asarray(p_rep)[stat]), holm_adjust(np.asarray(p_con)[stat]))
+        # adjusting can only withdraw a verdict: a claim contradicted (effect far beyond p + δ) whose
+        # contradiction does not survive Holm is inconclusive, not reproduced
+        holm[holm != out.loc[stat, "verdict"].to_numpy()] = "inconclusive"
         out.loc[stat, "verdict_holm"] = list(holm)
     return out

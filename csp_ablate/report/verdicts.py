@@ -38,7 +38,8 @@ Rule (``d`` our difference, ``[lo, hi]`` its 95 % t-interval)
     interval); with the true effect equal to the paper's, any claim is contradicted with
     probability <= 5 %.
     ``verdict_holm`` applies Holm's step-down correction (statsmodels ``multipletests``) to the
-    p-values of reproduction and of contradiction across the statistical claims of one file.
+    p-values of reproduction and of contradiction across the statistical claims of one file; it
+    can only turn a verdict into inconclusive.
 
 Power
     ``mde80``: the smallest true difference that this n (and the pooled df) reproduces with 80 %

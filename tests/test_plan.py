@@ -128,3 +128,31 @@ def test_minutes_per_job_are_the_records_wall_time():
     runs = pd.DataFrame({"started_at": ["2026-11-24T08:49:31+00:00", None],
                          "finished_at": ["2026-11-24T08:53:49+00:00", None], "train_time_s": [251.0, 120.0]})
     assert plan.job_minutes(runs).tolist() == pytest.approx([258 / 60, 2.0])
+
+
+def test_planned_overrides_replace_the_sweeps_grid(tmp_path):
+    """Hydra's basic sweeper keys the grid by override: the plan's ``seed=`` and ``variant=``
+    replace the sweep file's lists (they are not multiplied with them)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from conftest import CONF_DIR
+
+    sweep = copy_records(tmp_path / "table1")
+    _, cmds = plan.build({"sweep": "table1", "budget_min": "40"}, [f"hydra.sweep.dir={sweep}"])
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["sweep=table1"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    for cmd in cmds:
+        grid = [a for a in cmd[5:] if a.startswith(("seed=", "variant="))]
+        parsed = OverridesParser.create().parse_overrides([*params, *grid])  # as BasicSweeper.sweep does
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+        seeds, variants = (a.split("=", 1)[1].split(",") for a in grid)
+        assert len(jobs) == len(seeds) * len(variants)
+        assert {tuple(j) for j in jobs} == {(f"seed={s}", f"variant={v}") for s in seeds for v in variants}

@@ -22,7 +22,8 @@
 4. Run: one Hydra multirun per planned n (``python -m csp_ablate -m sweep=... seed=0,...,n-1
    variant=...``) into the sweep dir; completed grid points are skipped, so an interrupted
    plan is resumed by running the same command again. Other overrides (``tier=smoke``,
-   ``hydra.sweep.dir=...``) are passed on to every multirun.
+   ``hydra.sweep.dir=...``) are passed on to every multirun. Stop it like a sweep: Ctrl-C, or
+   ``kill -TERM -- -<pgid>`` (the multiruns and their workers share the planner's process group).
 
 Options (``key=value``): ``budget_min`` (required to run), ``dry_run`` (print only), ``jobs``
 (parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30).

@@ -139,4 +139,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if "seeds=auto" in sys.argv[1:]:  # seed planning (csp_ablate.plan) launches the multiruns itself
+        from csp_ablate.plan import main as plan_main
+
+        sys.exit(plan_main(sys.argv[1:]))
     main()

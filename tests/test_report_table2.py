@@ -1,6 +1,6 @@
 """The Table 2 (detection) report from synthetic records (no training, no torch): the table's
 columns, deltas vs both baselines against hand-computed numbers, the paper's stated deltas from
-reference.csv, claim verdicts (AP/AP50 on the Welch interval, fps on the sign only), the CLI,
+reference.csv, claim verdicts (AP/AP50 on the pooled interval, fps on the sign only), the CLI,
 and that the spec agrees with the t2_* variant configs, the sweep's grid and reference.csv."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from conftest import CONF_DIR, REPO
 from csp_ablate.record import RECORD_KEYS
 from csp_ablate.report import build_report, load_spec
 from csp_ablate.report.spec import Claim
-from csp_ablate.report.tables import judge_accuracy, reference_row
+from csp_ablate.report.tables import reference_row, statistical_test
+from csp_ablate.report.stats import welch_delta_ci
+from csp_ablate.report.verdicts import Evidence, judge
 from test_report import write_sweep
 
 ROWS = ["prn", "cem_sam", "gfm", "efm", "efm_giou", "efm_spp", "efm_sam", "efm_sam_swish"]
@@ -31,7 +33,7 @@ COST = {  # params_m, bflops (320×320)
     "efm_giou": (3.8, 3.30), "efm_spp": (4.1, 3.45), "efm_sam": (3.9, 3.35), "efm_sam_swish": (3.9, 3.35),
 }
 # per row, per seed 0 1 2: (ap, ap50, fps). Built so that (see the claims in sweeps/table2.yaml)
-#   efm - gfm:  ap +2.1 (s = 1 each: Welch CI ±2.26696), ap50 +2.4, fps -2.0 with a tiny spread
+#   efm - gfm:  ap +2.1 (s = 1 each; pooled CI ±1.62, below), ap50 +2.4, fps -2.0 with a tiny spread
 #   efm_giou - efm: ap -3.0, CI about ±2.4: excludes the paper's +0.7 -> contradicted
 #   efm_sam - efm_spp: fps +10 (reproduced), ap +1 with CI ±2.27 (inconclusive)
 #   efm_sam_swish - efm_sam: ap +1.0 with CI ±2.27 holds the paper's +1.0 -> reproduced
@@ -46,6 +48,10 @@ METRICS = {
     "efm_sam_swish": [(35.0, 55.0, 44.0), (36.0, 56.0, 44.1), (37.0, 57.0, 44.2)],
 }
 WELCH_S1_N3 = 2.266957935528  # t(0.975, 4) * sqrt(1/3 + 1/3): two rows of 3 seeds with s = 1 (test_report)
+# The fixture's pooled within-row variance of AP (and AP50): 7 rows with s = 1, EFM + GIoU with
+# s = 0.1, 3 seeds each: (14 + 0.02) / 16 = 0.87625 with 16 df; a 3 vs 3 difference has
+# se = sqrt(0.87625 * 2/3) and a 95 % half-width t(0.975, 16) * se = 1.6203.
+POOLED_HALF_WIDTH = 2.119905299221 * math.sqrt(0.87625 * 2 / 3)
 
 
 def make_det_record(row: str, seed: int, status: str = "completed", error: str | None = None) -> dict:
@@ -98,8 +104,10 @@ def test_table2_columns_and_hand_computed_numbers(table2_dir):
     # means and the t-interval of one row: mean 33.1, s = 1, n = 3 -> ±2.48414
     assert efm["ap_mean"] == pytest.approx(33.1) and efm["ap_ci95"] == pytest.approx(2.484137711750, abs=1e-5)
     assert efm["fps_mean"] == pytest.approx(38.1) and efm["fps_ci95"] == pytest.approx(0.248414, abs=1e-5)
-    # deltas vs GFM and vs EFM, points (fps: frames/s), Welch CIs
-    assert efm["ap_delta_vs_gfm"] == pytest.approx(2.1) and efm["ap_delta_vs_gfm_ci95"] == pytest.approx(WELCH_S1_N3, abs=1e-5)
+    # deltas vs GFM and vs EFM, points (fps: frames/s)
+    # AP deltas use the sweep's pooled variance (as the claims do); fps Welch's
+    assert efm["ap_delta_vs_gfm"] == pytest.approx(2.1) and efm["ap_delta_vs_gfm_ci95"] == pytest.approx(POOLED_HALF_WIDTH, abs=1e-5)
+    assert efm["fps_delta_vs_gfm_ci95"] == pytest.approx(welch_delta_ci([38.0, 38.1, 38.2], [40.0, 40.1, 40.2])[1])
     assert efm["ap50_delta_vs_gfm"] == pytest.approx(2.4)
     assert efm["fps_delta_vs_gfm"] == pytest.approx(-2.0)
     assert efm["ap_delta_vs_efm"] == 0.0 and pd.isna(efm["ap_delta_vs_efm_ci95"])  # the baseline itself
@@ -140,20 +148,31 @@ def test_table2_claim_verdicts(table2_dir):
     claims = pd.read_csv(table2_dir / "claims.csv").set_index("claim")
     assert set(claims.index) == {c.id for c in report.spec.claims} and len(claims) == 8
     verdict = claims["verdict"].to_dict()
-    assert verdict["efm_vs_gfm_ap"] == "reproduced"      # +2.1 ± 2.27 holds +2.1
+    assert verdict["efm_vs_gfm_ap"] == "reproduced"      # +2.1 ± 1.62 excludes 0, reaches 2.1 ± 1
     assert verdict["efm_vs_gfm_ap50"] == "reproduced"
-    assert verdict["efm_vs_gfm_fps"] == "reproduced"     # -2.0 ± 0.33: a decrease (sign only)
-    assert verdict["giou_ap"] == "contradicted"          # -3.0, CI excludes +0.7
+    assert verdict["efm_vs_gfm_fps"] == "reproduced"     # -2.0, Welch ± 0.33: a decrease (sign only)
+    assert verdict["giou_ap"] == "contradicted"          # -3.0 ± 1.62 lies outside +0.7 ± 1
+    assert verdict["giou_ap50"] == "reproduced"          # -3.3 ± 1.62 excludes 0, reaches -2.7 ± 1
     assert verdict["sam_vs_spp_fps"] == "reproduced"
-    assert verdict["sam_vs_spp_ap"] == "inconclusive"    # +1 ± 2.27 holds 0
-    assert verdict["swish_ap"] == "reproduced"
+    assert verdict["sam_vs_spp_ap"] == "inconclusive"    # +1 ± 1.62 holds 0
+    assert verdict["swish_ap"] == "inconclusive"         # +1 ± 1.62: the paper's +1 but not excluding 0
     assert claims.loc["efm_vs_gfm_ap", "measured"] == pytest.approx(2.1)
-    assert claims.loc["efm_vs_gfm_ap", "ci95"] == pytest.approx(WELCH_S1_N3, abs=1e-5)
+    assert claims.loc["efm_vs_gfm_ap", "ci95_low"] == pytest.approx(2.1 - POOLED_HALF_WIDTH, abs=1e-5)
+    assert claims.loc["efm_vs_gfm_ap", "ci95_high"] == pytest.approx(2.1 + POOLED_HALF_WIDTH, abs=1e-5)
+    assert claims.loc["efm_vs_gfm_ap", "margin"] == 1.0 and claims.loc["efm_vs_gfm_fps", "margin"] == 1.0
     assert claims.loc["efm_vs_gfm_fps", "measured"] == pytest.approx(-2.0)
     assert "sign only" in claims.loc["efm_vs_gfm_fps", "reason"]
+    assert claims.loc["swish_ap", "seeds_needed"] > 3 and "seeds per row would resolve" in claims.loc["swish_ap", "reason"]
     md = (table2_dir / "claims.md").read_text()
-    assert "fps Δ (sign only)" in md and "fps claims are judged on the direction (sign) only" in md
-    assert "AP / AP50 claims on the 95 % Welch interval" in md and "-2 fps" in md
+    assert "fps Δ (sign only)" in md and "judged on the direction (sign) only" in md
+    assert "pooled across all rows of the sweep" in md and "Pooled seed SD of AP: 0.936" in md and "-2 fps" in md
+
+
+def _evidence(delta, ci, df=10):
+    """Evidence whose 95 % half-width is ``ci`` (se = ci / t(0.975, df))."""
+    from scipy.stats import t
+
+    return Evidence(delta, ci / t.ppf(0.975, df) if ci == ci else math.nan, df, 1.0, 3, 3, "welch")
 
 
 @pytest.mark.parametrize(
@@ -168,15 +187,18 @@ def test_table2_claim_verdicts(table2_dir):
     ],
 )
 def test_fps_is_judged_on_its_sign_only(delta, ci, paper, direction, verdict):
-    claim = Claim(id="c", text="", row="a", vs="b", metric="fps", paper=paper, direction=direction)
-    assert judge_accuracy(delta, ci, claim, sign_only=True)[0] == verdict
+    claim = Claim(id="c", text="", row="a", vs="b", metric="fps", paper=paper, direction=direction, margin=1.0)
+    test, _ = statistical_test(claim)
+    assert judge(test, _evidence(delta, ci), with_power=False).verdict == verdict
 
 
 def test_sign_only_differs_from_the_size_rule():
-    claim = Claim(id="c", text="", row="a", vs="b", metric="fps", paper=-2.0)
-    assert judge_accuracy(-0.5, 0.2, claim)[0] == "contradicted"  # as a size claim: [-0.7, -0.3] excludes -2
-    verdict, reason = judge_accuracy(-0.5, 0.2, claim, sign_only=True)
-    assert verdict == "reproduced" and reason.startswith("sign only (decrease")
+    claim = Claim(id="c", text="", row="a", vs="b", metric="fps", paper=-2.0, margin=1.0)
+    as_size = Claim(id="c", text="", row="a", vs="b", metric="ap", paper=-2.0, margin=1.0)
+    ev = _evidence(-0.5, 0.2)
+    assert judge(statistical_test(as_size)[0], ev).verdict == "contradicted"  # [-0.7, -0.3] is outside -2 ± 1
+    test, prefix = statistical_test(claim)
+    assert judge(test, ev).verdict == "reproduced" and prefix.startswith("sign only (decrease")
 
 
 def test_table2_cli_with_gaps(tmp_path):

@@ -16,46 +16,24 @@ Files written at the root of the sweep dir (all atomically: temp file + rename)
                          with its CI (top-1/AP/AP50 in points, fps in frames/s), ``paper_*``
                          columns from reference.csv. One baseline: ``<m>_delta``; several
                          (``baselines: [gfm, efm]``): ``<m>_delta_vs_<row>`` for each.
-    ``claims.csv|.md``   each claim, the paper's effect, ours, a verdict and the reason.
+    ``claims.csv|.md``   each claim: the paper's effect and margin δ, ours with its interval,
+                         the verdict (and Holm's), mde80, seeds_needed and the reason.
     ``<figure>.png|.svg`` when the spec has a figure (Figure 4: top-1 ± CI against BFLOPs;
                          Table 2: AP ± CI against fps ± CI).
 
 Statistics
     Per row: mean over completed seeds and the half-width of the 95 % Student-t interval,
-    ``t(0.975, n-1) · s / sqrt(n)`` (NaN for n < 2). Deltas between two rows: difference of
-    means with Welch's 95 % interval (unpaired: one seed gives two architectures different
-    weights). Compute deltas are exact: ``(bflops / bflops_baseline - 1) · 100`` from the
-    records' profiler counts (classification: 224×224, 1000 classes; detection: 320×320),
-    identical for every seed. fps is measured per run (batch 1), so it is a metric with a CI.
+    ``t(0.975, n-1) · s / sqrt(n)`` (NaN for n < 2). Deltas between two rows (table and claims):
+    difference of means with a 95 % t-interval whose variance is the within-row variance pooled
+    across all rows of the sweep (fps: Welch's), see :mod:`csp_ablate.report.verdicts`. Compute
+    deltas are exact: ``(bflops / bflops_baseline - 1) · 100`` from the records' profiler counts
+    (classification: 224×224, 1000 classes; detection: 320×320), identical for every seed.
 
-Claim verdict rule (``reproduced`` / ``contradicted`` / ``inconclusive``)
-    A claim compares row ``row`` with row ``vs`` on ``metric``; it states either an effect size
-    ``paper`` (BFLOPs: relative %, top-1/AP/AP50: points, fps: frames/s) or only a
-    ``direction`` (increase/decrease).
-
-    Compute (BFLOPs), judged on the exact numbers, measured change ``m`` in %:
-      * size claim ``p``: ``reproduced`` if ``m`` has the sign of ``p`` and
-        ``|m - p| <= max(2 points, 0.25 · |p|)`` (the paper rounds to whole %, ±0.5, and
-        darknet's counting conventions differ from torch's flop counter by about a point);
-        else ``contradicted``.
-      * direction claim: ``reproduced`` if ``m`` has the claimed sign and ``|m| >=
-        min_effect`` (e.g. 5 % for "drops significantly"); else ``contradicted``.
-    Accuracy (top-1, AP, AP50), our mean delta ``d`` with its 95 % Welch interval ``[lo, hi]``:
-      * size claim ``p``: ``contradicted`` if ``p`` lies outside ``[lo, hi]`` (our runs are
-        inconsistent with the paper's effect); ``reproduced`` if ``p`` lies inside and ``d``
-        has the sign of ``p``; ``inconclusive`` if ``p`` lies inside but ``d`` has the other sign.
-      * direction claim: ``reproduced`` if ``[lo, hi]`` lies entirely on the claimed side of
-        0, ``contradicted`` if entirely on the other side, else ``inconclusive``.
-      * ``inconclusive`` whenever a row has no completed run or fewer than 2 (no interval).
-    Speed (fps), judged on the DIRECTION (sign) only: our fps is measured at batch 1 on the run's
-    own device (a shared CPU for the proxy tiers), the paper's on a GPU, so no absolute or
-    relative size carries over. A size claim ``p`` is judged as the direction claim "sign of
-    ``p``" (``-2 fps`` = decrease) with the accuracy direction rule above: ``reproduced`` if the
-    Welch interval of our fps delta lies entirely on that side of 0, ``contradicted`` if
-    entirely on the other, else (or with < 2 seeds) ``inconclusive``. The claim's text, reason
-    and claims.md say "sign only".
-    The proxy trains on Fashion-MNIST (detection: a COCO-format proxy), not ImageNet or COCO: a
-    verdict says whether the paper's effect shows up on the proxy, not whether it holds there.
+Claim verdicts (``reproduced`` / ``contradicted`` / ``inconclusive``), power (``mde80``,
+``seeds_needed``) and Holm's correction (``verdict_holm``): the rule is stated once, in the
+docstring of :mod:`csp_ablate.report.verdicts`, and printed at the top of every claims.md.
+The proxy trains on Fashion-MNIST (detection: a COCO-format proxy), not ImageNet or COCO: a
+verdict says whether the paper's effect shows up on the proxy, not whether it holds there.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec
-from csp_ablate.report.tables import claims_table, paper_table, summary_table
+from csp_ablate.report.tables import claims_table, paper_table, summary_table, variance_checks
 
 log = logging.getLogger("csp_ablate.report")
 
@@ -75,9 +75,9 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         out.append(write_csv_atomic(sweep_dir / f"{spec.table}.csv", report.table, float_format=FLOAT_FORMAT))
         out.append(write_text_atomic(sweep_dir / f"{spec.table}.md", paper_table_md(report.table, spec, runs, command)))
         if spec.claims:
-            report.claims = claims_table(runs, report.table, spec)
+            report.claims = claims_table(runs, spec)
             out.append(write_csv_atomic(sweep_dir / "claims.csv", report.claims, float_format=FLOAT_FORMAT))
-            out.append(write_text_atomic(sweep_dir / "claims.md", claims_md(report.claims, spec)))
+            out.append(write_text_atomic(sweep_dir / "claims.md", claims_md(report.claims, spec, variance_checks(runs, spec))))
         if spec.figure:
             from csp_ablate.report.figure import plot_figure
 

@@ -152,7 +152,8 @@ def _table_intro(spec: ReportSpec, runs: pd.DataFrame, base_labels: list[str]) -
         f"Ours: {describe_runs(runs)}. {what}, mean ± 95 % t-interval half-width "
         f"over seeds (n = completed seeds). #Param and BFLOPs are exact profiler counts at {spec.cost_basis}. "
         f"Deltas are against {' and '.join(base_labels)}: compute in relative %, {units} "
-        f"(Welch 95 % interval).{' ' + SIGN_ONLY_NOTE + '.' if sign_only else ''} "
+        f"(95 % interval with the within-row variance pooled across the rows{'; fps: Welch' if sign_only else ''}; "
+        f"csp_ablate/report/verdicts.py).{' ' + SIGN_ONLY_NOTE + '.' if sign_only else ''} "
         f"Paper: csp_ablate/reference/reference.csv ({DASH} = not published)."
     )
 
@@ -168,49 +169,53 @@ CLAIM_METRIC_HEADS = {"bflops": "BFLOPs Δ", "top1": "top-1 Δ (points)", "val_t
                       "ap": "AP Δ (points)", "ap50": "AP50 Δ (points)", "fps": "fps Δ (sign only)"}
 
 
-def claims_md(claims: pd.DataFrame, spec: ReportSpec) -> str:
+def claims_md(claims: pd.DataFrame, spec: ReportSpec,
+              variance: dict[str, tuple[float, int, float]] | None = None) -> str:
+    """The claims file: the rule (stated once, in csp_ablate.report.verdicts), the pooled SD it
+    used with its equal-variance check, and one row per claim with both verdicts and the power."""
+    from csp_ablate.report.verdicts import COMPUTE_TOL_PT, RULE_TEXT
+
     def paper_cell(row):
         unit = {"bflops": " %", "fps": " fps"}.get(row["metric"], "")
-        return f"{row['paper']:+g}{unit}" if not _isnan(row["paper"]) else str(row["direction"])
+        if _isnan(row["paper"]):
+            return str(row["direction"])
+        margin = "" if row["metric"] in ("bflops", *SIGN_ONLY_METRICS) else f" ± {row['margin']:g}"
+        return f"{row['paper']:+g}{unit}{margin}"
 
     def ours_cell(row):
         if row["metric"] == "bflops":
             return f"{num(row['measured'], 1, True)} %"
         digits = METRIC_INFO[row["metric"]]["digits"]
-        return f"{mean_pm(row['measured'], row['ci95'], digits, signed=True)} (n={row['n']} vs {row['n_vs']})"
+        span = f" [{num(row['ci95_low'], digits, True)}, {num(row['ci95_high'], digits, True)}]" \
+            if not _isnan(row["ci95_low"]) else ""
+        return f"{num(row['measured'], digits, True)}{span} (n={row['n']} vs {row['n_vs']})"
 
     view = pd.DataFrame({
         "claim": claims["text"],
         "metric": claims["metric"].map(CLAIM_METRIC_HEADS),
         "paper": [paper_cell(r) for _, r in claims.iterrows()],
-        "ours": [ours_cell(r) for _, r in claims.iterrows()],
+        "ours (95 % interval)": [ours_cell(r) for _, r in claims.iterrows()],
         "verdict": claims["verdict"],
+        "Holm": claims["verdict_holm"],
+        "mde80": claims["mde80"].map(lambda x: num(x, 2)),
+        "seeds needed": claims["seeds_needed"].map(lambda x: DASH if _isnan(x) else f"{int(x)}"),
         "why": claims["reason"],
         "source": claims["source"],
     })
-    counts = claims["verdict"].value_counts()
-    tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "contradicted", "inconclusive"))
-    measured = [m for m in spec.metrics if m not in SIGN_ONLY_METRICS]
+
+    def tally(col):
+        counts = claims[col].value_counts()
+        return ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "contradicted", "inconclusive"))
+
     sign_only = [m for m in spec.metrics if m in SIGN_ONLY_METRICS and (claims["metric"] == m).any()]
-    rule = (
-        "Verdict rule (csp_ablate/report/__init__.py): compute claims are judged on the exact "
-        "profiler BFLOPs (same sign and within ±max(2 points, 25 %) of the stated change; "
-        f"direction-only claims: right sign and at least the stated minimum); {' / '.join(map(_metric_label, measured))} claims on "
-        "the 95 % Welch interval of our delta (reproduced: contains the paper's value and the "
-        "mean has its sign; contradicted: excludes it; otherwise, or with < 2 seeds, inconclusive; "
-        "direction-only claims: the interval lies on the claimed / the other side of 0)."
-    )
-    if sign_only:
-        rule += (f" {' / '.join(map(_metric_label, sign_only))} claims are judged on the direction (sign) only, "
-                 "like direction-only claims, whatever size the paper states: " + SIGN_ONLY_NOTE + ".")
-    return "\n".join([
-        f"**Claims: {spec.title}** ({tally})",
-        "",
-        rule,
-        "",
-        to_md(view),
-        "",
-    ])
+    welch = (f"; {' / '.join(map(_metric_label, sign_only))}: Welch's interval, judged on the direction (sign) "
+             f"only: {SIGN_ONLY_NOTE}") if sign_only else ""
+    lines = [f"**Claims: {spec.title}** ({tally('verdict')}; Holm-adjusted: {tally('verdict_holm')})", "",
+             RULE_TEXT.format(welch=welch, tol=COMPUTE_TOL_PT)]
+    for metric, (sd, df, p) in (variance or {}).items():
+        check = f"Bartlett's test of equal variance across rows p = {p:.2f}" if not _isnan(p) else "no variance check"
+        lines.append(f"\nPooled seed SD of {_metric_label(metric)}: {num(sd, 3)} points (df = {df}; {check}).")
+    return "\n".join([*lines, "", to_md(view), ""])
 
 
 def summary_md(summary: pd.DataFrame, runs: pd.DataFrame, title: str, command: str | None = None) -> str:

@@ -19,7 +19,8 @@ Keys of a ``report:`` block (sweeps/table1.yaml, figure4.yaml and table2.yaml ar
                           a published delta is stated against (Table 2: ``efm_sam: efm+sam``)
     cost_basis            what the BFLOPs count (default ``224×224, 1000 classes``)
     figure                ``{name, rows, x: bflops|<metric>, legend}``
-    claims                ``{id, row, vs, metric, paper: x | direction: increase|decrease, ...}``
+    claims                ``{id, row, vs, metric, paper: x | direction: increase|decrease,
+                          margin: δ, ...}``; δ defaults by metric (verdicts.DEFAULT_MARGINS)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from csp_ablate.report.verdicts import DEFAULT_MARGINS
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
@@ -71,6 +74,9 @@ class Claim:
     direction: str | None = None  # "increase" | "decrease" for a direction-only claim
     min_effect: float = 0.0  # direction claims on compute: smallest |effect| in % that counts
     source: str = ""
+    # δ of a statistical claim, fixed in the spec before any run (default by metric,
+    # csp_ablate.report.verdicts.DEFAULT_MARGINS); None for compute claims (one tolerance for all)
+    margin: float | None = None
 
 
 @dataclass
@@ -167,11 +173,20 @@ def parse_spec(name: str, block: dict[str, Any]) -> ReportSpec:
                              f"({', '.join(metrics)})")
         if item.get("metric") in SIGN_ONLY_METRICS and item.get("paper") is not None and float(item["paper"]) == 0:
             raise ValueError(f"claim {item.get('id')}: a {item['metric']} claim is judged on its sign; paper must not be 0")
+        margin = item.get("margin")
+        if item.get("metric") == "bflops":
+            if margin is not None:
+                raise ValueError(f"claim {item.get('id')}: compute claims share one tolerance "
+                                 "(csp_ablate.report.verdicts.COMPUTE_TOL_PT); no per-claim margin")
+        else:
+            margin = float(DEFAULT_MARGINS[item["metric"]] if margin is None else margin)
+            if not margin > 0:
+                raise ValueError(f"claim {item.get('id')}: margin must be > 0, got {margin}")
         claims.append(Claim(
             id=str(item["id"]), text=str(item.get("text", "")), row=str(item["row"]), vs=str(item["vs"]),
             metric=str(item["metric"]), paper=None if item.get("paper") is None else float(item["paper"]),
             direction=item.get("direction"), min_effect=float(item.get("min_effect", 0.0)),
-            source=str(item.get("source", "")),
+            source=str(item.get("source", "")), margin=margin,
         ))
     spec = ReportSpec(
         name=name, title=str(block.get("title", name)), table=str(block.get("table", name)),

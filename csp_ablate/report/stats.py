@@ -41,19 +41,12 @@ def welch_delta_ci(
 ) -> tuple[float, float]:
     """``(mean(values) - mean(baseline), half-width)`` of Welch's t-interval.
 
-    Unpaired on purpose: a seed fixes a run's initialisation and data order, but two different
-    architectures draw different weights from it, so runs with the same seed are not pairs.
-    The half-width is NaN when either side has fewer than 2 runs, 0 when both have no spread.
+    The claims pool the variance across a sweep's rows instead (csp_ablate.report.verdicts);
+    Welch stays for two rows on their own and for fps. The half-width is NaN when either side
+    has fewer than 2 runs, 0 when both have no spread.
     """
-    x, y = _clean(values), _clean(baseline)
-    if x.size == 0 or y.size == 0:
-        return math.nan, math.nan
-    delta = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return delta, math.nan
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se2 = vx + vy
-    if se2 == 0.0:
-        return delta, 0.0
-    df = se2**2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    return delta, t_ppf(0.5 + confidence / 2.0, df) * math.sqrt(se2)
+    from csp_ablate.report.verdicts import welch_evidence
+
+    ev = welch_evidence(list(values), list(baseline))
+    lo, hi = ev.interval(confidence)
+    return ev.delta, (hi - lo) / 2 if math.isfinite(lo) else math.nan

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,17 +18,16 @@ import pandas as pd
 
 from csp_ablate.record import AXES
 from csp_ablate.report.spec import SIGN_ONLY_METRICS, Claim, ReportSpec, Row
-from csp_ablate.report.stats import mean_ci, welch_delta_ci
+from csp_ablate.report.stats import mean_ci
+from csp_ablate.report.verdicts import (
+    COMPUTE_TOL_PT, ClaimTest, Evidence, bartlett_p, claim_test, classify, holm_adjust, judge, judge_compute,
+    pooled_evidence, pooled_variance, welch_evidence,
+)
 
 log = logging.getLogger("csp_ablate.report")
 
 COST = ["params_m", "bflops", "bflops_train", "cio_m"]
 METRICS = ["top1", "val_top1", "ap", "ap50"]
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
-# Compute claims: the paper rounds to whole % (±0.5) and darknet's counting conventions differ
-# from torch's flop counter by about a point; 2 points absolute, or a quarter of the claim.
-COMPUTE_ABS_TOL = 2.0  # percentage points
-COMPUTE_REL_TOL = 0.25  # share of the claimed effect
 
 
 # ---- grouping ---------------------------------------------------------------------------
@@ -134,12 +133,12 @@ def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | 
         base_bflops = agg.at[base, "bflops"]
         out[f"bflops_delta_pct{spec.suffix(base)}"] = [_pct(b, base_bflops) for b in out["bflops"]]
     for metric in spec.metrics:
-        values = {rid: _values(frame, rid, metric) for rid in ids}
+        evidence = evidence_for(frame, spec, metric)
         out[f"{metric}_mean"] = agg[f"{metric}_mean"].to_numpy(dtype=float)
         out[f"{metric}_ci95"] = agg[f"{metric}_ci95"].to_numpy(dtype=float)
         for base in spec.baselines:
             col = f"{metric}_delta{spec.suffix(base)}"
-            deltas = [welch_delta_ci(values[rid], values[base]) if rid != base else (0.0, math.nan) for rid in ids]
+            deltas = [_delta_ci(evidence(rid, base)) if rid != base else (0.0, math.nan) for rid in ids]
             out[col] = [d for d, _ in deltas]
             out[f"{col}_ci95"] = [c for _, c in deltas]
     for metric in spec.extra_metrics:
@@ -229,78 +228,101 @@ def _paper_columns(spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataF
     return pd.DataFrame(records, columns=paper_column_names(spec))
 
 
-# ---- claims -----------------------------------------------------------------------------
-def judge_compute(measured: float, claim: Claim) -> tuple[str, str]:
-    """Exact numbers, no interval: see the verdict rule in ``csp_ablate.report``."""
-    if measured is None or math.isnan(measured):
-        return "inconclusive", "no cost for one of the two rows"
-    if claim.paper is not None:
-        tol = max(COMPUTE_ABS_TOL, COMPUTE_REL_TOL * abs(claim.paper))
-        same_sign = np.sign(measured) == np.sign(claim.paper)
-        if same_sign and abs(measured - claim.paper) <= tol:
-            return "reproduced", f"{measured:+.1f} % is within ±{tol:.1f} of {claim.paper:+g} %"
-        why = "opposite sign" if not same_sign else f"off by {measured - claim.paper:+.1f} (tolerance ±{tol:.1f})"
-        return "contradicted", f"{measured:+.1f} % vs {claim.paper:+g} %: {why}"
-    want = 1.0 if claim.direction == "increase" else -1.0
-    if np.sign(measured) == want and abs(measured) >= claim.min_effect:
-        return "reproduced", f"{measured:+.1f} % is a {claim.direction} of at least {claim.min_effect:g} %"
-    return "contradicted", f"{measured:+.1f} % is not a {claim.direction} of at least {claim.min_effect:g} %"
+# ---- evidence and claims ----------------------------------------------------------------
+def evidence_for(frame: pd.DataFrame, spec: ReportSpec, metric: str) -> Callable[[str, str], Evidence]:
+    """``(row, vs) -> Evidence`` on ``metric``: the within-row variance pooled across the spec's
+    rows (sign-only metrics, fps: Welch), see csp_ablate.report.verdicts. ``frame`` has ``row``."""
+    values = row_values(frame, spec, metric)
+    if metric in SIGN_ONLY_METRICS:
+        return lambda row, vs: welch_evidence(values[row], values[vs])
+    var, df = pooled_variance(list(values.values()))
+    return lambda row, vs: pooled_evidence(values[row], values[vs], var, df)
 
 
-def judge_accuracy(delta: float, ci: float, claim: Claim, sign_only: bool = False) -> tuple[str, str]:
-    """Mean delta and its 95 % CI half-width: see the verdict rule in ``csp_ablate.report``.
+def row_values(frame: pd.DataFrame, spec: ReportSpec, metric: str) -> dict[str, np.ndarray]:
+    """Completed values of ``metric`` per spec row (one groupby; empty arrays for rows not run)."""
+    done = frame[frame["status"] == "completed"]
+    grouped = {key: pd.to_numeric(g, errors="coerce").dropna().to_numpy(dtype=float)
+               for key, g in done.groupby("row", sort=False)[metric]}
+    return {r.id: grouped.get(r.id, np.empty(0)) for r in spec.rows}
 
-    ``sign_only`` (fps): a size claim is judged as a direction claim with the sign of its size.
-    """
-    if delta is None or math.isnan(delta):
-        return "inconclusive", "no completed runs for one of the two rows"
-    if ci is None or math.isnan(ci):
-        return "inconclusive", "no interval (fewer than 2 seeds in a row)"
-    lo, hi = delta - ci, delta + ci
-    span = f"{delta:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-    if sign_only and claim.paper is not None:
+
+def _delta_ci(ev: Evidence) -> tuple[float, float]:
+    lo, hi = ev.interval()
+    return ev.delta, (hi - lo) / 2 if math.isfinite(lo) else math.nan
+
+
+def variance_checks(runs: pd.DataFrame, spec: ReportSpec) -> dict[str, tuple[float, int, float]]:
+    """Per pooled metric of the claims: ``(pooled SD, df, Bartlett p)`` for the claims file."""
+    frame = runs.assign(row=assign_rows(runs, spec))
+    out = {}
+    for metric in dict.fromkeys(c.metric for c in spec.claims):
+        if metric == "bflops" or metric in SIGN_ONLY_METRICS:
+            continue
+        groups = [_values(frame, r.id, metric) for r in spec.rows]
+        var, df = pooled_variance(groups)
+        out[metric] = (math.sqrt(var) if df else math.nan, df, bartlett_p(groups))
+    return out
+
+
+def statistical_test(claim: Claim) -> tuple[ClaimTest, str]:
+    """What a statistical claim asserts, and a prefix for its reason: a size claim on a sign-only
+    metric (fps) is judged as the direction claim with the sign of its size."""
+    if claim.metric in SIGN_ONLY_METRICS and claim.paper is not None:
         direction = "increase" if claim.paper > 0 else "decrease"
-        verdict, why = judge_accuracy(delta, ci, replace(claim, paper=None, direction=direction))
-        return verdict, f"sign only ({direction}; the paper's {claim.paper:+g} is not comparable): {why}"
-    if claim.paper is not None:
-        p = claim.paper
-        if not lo <= p <= hi:
-            return "contradicted", f"{span} excludes the paper's {p:+g}"
-        if np.sign(delta) == np.sign(p):
-            return "reproduced", f"{span} contains {p:+g}, same sign"
-        return "inconclusive", f"{span} contains {p:+g} but the mean has the other sign"
-    if (claim.direction == "increase" and lo > 0) or (claim.direction == "decrease" and hi < 0):
-        return "reproduced", f"{span} lies entirely on the claimed side of 0"
-    if (claim.direction == "increase" and hi < 0) or (claim.direction == "decrease" and lo > 0):
-        return "contradicted", f"{span} lies entirely on the other side of 0"
-    return "inconclusive", f"{span} contains 0"
+        return (claim_test(None, direction, claim.margin),
+                f"sign only ({direction}; the paper's {claim.paper:+g} is not comparable): ")
+    return claim_test(claim.paper, claim.direction, claim.margin), ""
 
 
 CLAIM_COLUMNS = [
-    "claim", "text", "source", "row", "vs", "metric", "paper", "direction", "measured", "ci95",
-    "ci95_low", "ci95_high", "n", "n_vs", "verdict", "reason",
+    "claim", "text", "source", "row", "vs", "metric", "paper", "direction", "margin", "measured",
+    "ci95_low", "ci95_high", "n", "n_vs", "verdict", "verdict_holm", "mde80", "seeds_needed", "reason",
 ]
 
 
-def claims_table(runs: pd.DataFrame, table: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
-    """One row per claim: the paper's effect, ours (with CI for measured metrics), the verdict."""
-    frame = runs.assign(row=assign_rows(runs, spec))
-    by_row = table.set_index("row")
-    records = []
+def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True, with_holm: bool = True) -> pd.DataFrame:
+    """One row per claim: the paper's effect, ours with its 95 % interval, the verdict (and
+    Holm's across the statistical claims), power, and the reason (csp_ablate.report.verdicts).
+
+    ``with_power`` / ``with_holm`` False leave ``mde80``/``seeds_needed`` / ``verdict_holm``
+    empty: simulations that only need the verdicts run ~10x faster; so does a ``runs`` frame
+    that already has its ``row`` column (:func:`assign_rows`)."""
+    frame = runs if "row" in runs else runs.assign(row=assign_rows(runs, spec))
+    evidence = {m: evidence_for(frame, spec, m) for m in dict.fromkeys(c.metric for c in spec.claims) if m != "bflops"}
+    cost = row_values(frame.assign(status="completed"), spec, "bflops")  # a failed run that got far has its cost
+    n_done = frame[frame["status"] == "completed"].groupby("row").size().to_dict()
+    records, p_rep, p_con = [], [], []
     for claim in spec.claims:
         rec: dict[str, Any] = {
             "claim": claim.id, "text": claim.text, "source": claim.source, "row": claim.row, "vs": claim.vs,
-            "metric": claim.metric, "paper": claim.paper, "direction": claim.direction,
-            "n": int(by_row.at[claim.row, "n"]), "n_vs": int(by_row.at[claim.vs, "n"]),
+            "metric": claim.metric, "paper": claim.paper, "direction": claim.direction, "margin": claim.margin,
         }
         if claim.metric == "bflops":
-            measured = _pct(by_row.at[claim.row, "bflops"], by_row.at[claim.vs, "bflops"])
-            rec.update(measured=measured, ci95=math.nan, ci95_low=math.nan, ci95_high=math.nan)
-            rec["verdict"], rec["reason"] = judge_compute(measured, claim)
+            measured = _pct(*(cost[r][0] if cost[r].size else math.nan for r in (claim.row, claim.vs)))
+            verdict, reason = judge_compute(measured, claim.paper, claim.direction, claim.min_effect)
+            rec.update(margin=COMPUTE_TOL_PT if claim.paper is not None else math.nan, measured=measured,
+                       ci95_low=math.nan, ci95_high=math.nan, n=int(n_done.get(claim.row, 0)),
+                       n_vs=int(n_done.get(claim.vs, 0)), verdict=verdict, verdict_holm=verdict,
+                       mde80=math.nan, seeds_needed=math.nan, reason=reason)
+            p_rep.append(math.nan)
+            p_con.append(math.nan)
         else:
-            metric = claim.metric
-            delta, ci = welch_delta_ci(_values(frame, claim.row, metric), _values(frame, claim.vs, metric))
-            rec.update(measured=delta, ci95=ci, ci95_low=delta - ci, ci95_high=delta + ci)
-            rec["verdict"], rec["reason"] = judge_accuracy(delta, ci, claim, sign_only=metric in SIGN_ONLY_METRICS)
+            ev = evidence[claim.metric](claim.row, claim.vs)
+            test, prefix = statistical_test(claim)
+            j = judge(test, ev, with_power=with_power)
+            rec.update(measured=ev.delta, ci95_low=j.lo, ci95_high=j.hi, n=ev.n, n_vs=ev.n_vs, verdict=j.verdict,
+                       mde80=j.mde80, seeds_needed=j.seeds_needed, reason=prefix + j.reason)
+            p_rep.append(j.p_reproduce)
+            p_con.append(j.p_contradict)
         records.append(rec)
-    return pd.DataFrame(records, columns=CLAIM_COLUMNS)
+    out = pd.DataFrame(records, columns=CLAIM_COLUMNS)
+    stat = out["metric"] != "bflops"
+    out["verdict_holm"] = out["verdict_holm"].astype(object)
+    if stat.any() and with_holm:
+        holm = classify(holm_adjust(np.asarray(p_rep)[stat]), holm_adjust(np.asarray(p_con)[stat]))
+        # adjusting can only withdraw a verdict: a claim contradicted (effect far beyond p + δ) whose
+        # contradiction does not survive Holm is inconclusive, not reproduced
+        holm[holm != out.loc[stat, "verdict"].to_numpy()] = "inconclusive"
+        out.loc[stat, "verdict_holm"] = list(holm)
+    return out

@@ -1,0 +1,318 @@
+"""Seed planning: how many seeds a named sweep's claims need, within a time budget, and running them.
+
+    python -m csp_ablate -m sweep=table1 seeds=auto budget_min=120 dry_run=true   # print the plan
+    python -m csp_ablate -m sweep=table1 seeds=auto budget_min=120                # run it
+    python -m csp_ablate.plan sweep=table1 budget_min=120 [dry_run=true]          # the same
+
+1. Pilot: every row of the sweep's grid gets n = 3 seeds (``seed=0,1,2``); completed records in
+   the sweep dir are reused, so a finished pilot costs nothing.
+2. Plan from the pilot's *pooled within-row variance only*: for every statistical claim of the
+   spec, the seeds per row that give 80 % power to reproduce the paper's effect (direction
+   claims: an effect of δ; "only 0.1" claims: the TOST at the paper's value), the same
+   ``seeds_needed`` as claims.csv (csp_ablate.report.verdicts). The pilot's *effect* is not
+   used: choosing n from an observed difference (conditional power, "add seeds until it is
+   significant") inflates the error rates, while the variance estimate is independent of the
+   difference of means, so planning on it keeps the tests' α (an internal pilot, Wittes &
+   Brittain 1990). The pilot's runs are part of the final analysis.
+3. Budget: rows are topped up claim by claim, cheapest first (a baseline shared by many claims
+   is paid once), while the expected sweep wall time stays within ``budget_min``. A job's
+   minutes are the measured wall time of the row's completed records (``finished_at -
+   started_at``, else ``train_time_s``), divided by the launcher's parallel jobs
+   (``joblib2``: 2). Claims that do not fit, or need more than ``max_seeds``, are listed.
+4. Run: one Hydra multirun per planned n (``python -m csp_ablate -m sweep=... seed=0,...,n-1
+   variant=...``) into the sweep dir; completed grid points are skipped, so an interrupted
+   plan is resumed by running the same command again. Other overrides (``tier=smoke``,
+   ``hydra.sweep.dir=...``) are passed on to every multirun. Stop it like a sweep: Ctrl-C, or
+   ``kill -TERM -- -<pgid>`` (the multiruns and their workers share the planner's process group).
+
+Options (``key=value``): ``budget_min`` (required to run), ``dry_run`` (print only), ``jobs``
+(parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30).
+Imports no torch; the multiruns are subprocesses.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from csp_ablate.report.spec import SWEEPS_DIR, ReportSpec, load_spec
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PILOT_SEEDS = 3
+PLAN_KEYS = ("seeds", "budget_min", "dry_run", "jobs", "power", "max_seeds")
+
+
+@dataclass
+class SweepGrid:
+    """What the planner needs of ``sweeps/<name>.yaml``: where it writes and how rows are selected."""
+    name: str
+    sweep_dir: Path
+    row_key: str  # the grid axis that selects a row: variant (Table 1/2) or fusion (Figure 4)
+    row_values: dict[str, str]  # spec row id -> value of row_key
+    parallel: int
+
+
+@dataclass
+class Plan:
+    grid: SweepGrid
+    budget_min: float
+    sd: dict[str, tuple[float, int]]  # metric -> pooled SD, df
+    pilot: dict[str, int]  # row -> runs missing to n = 3
+    rows: pd.DataFrame  # row, n_now, n_planned, new_runs, min_per_job, minutes
+    claims: pd.DataFrame  # claim, metric, paper, seeds_needed, status
+    pilot_minutes: float
+    minutes: float  # expected sweep wall time of the top-up
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pilot_done(self) -> bool:
+        return not any(self.pilot.values())
+
+
+# ---- the sweep's grid ---------------------------------------------------------------------
+def _norm(value: Any) -> Any:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list):
+        return "+".join(sorted(str(v) for v in value))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _value_axes(key: str, value: str) -> dict[str, Any]:
+    """The axes one grid value sets (a ``variant`` file's overrides and keys, else ``{key: value}``)."""
+    if key != "variant":
+        return {key: value}
+    raw = yaml.safe_load((CONF_DIR / "variant" / f"{value}.yaml").read_text()) or {}
+    top = yaml.safe_load((CONF_DIR / "config.yaml").read_text()) or {}
+    axes: dict[str, Any] = {k: top.get(k) for k in ("activation", "extras")}  # what a variant may leave out
+    for item in raw.get("defaults") or []:
+        if isinstance(item, dict):
+            axes.update({k.split("/", 1)[1]: v for k, v in item.items() if k.startswith("override /")})
+    axes.update({k: v for k, v in raw.items() if k in ("gamma", "fusion", "activation", "extras", "neck")})
+    return axes
+
+
+def sweep_grid(name: str, overrides: list[str], jobs: int | None = None) -> SweepGrid:
+    """Read ``sweeps/<name>.yaml``: the row axis of its grid, its sweep dir and its parallelism."""
+    raw = yaml.safe_load((SWEEPS_DIR / f"{name}.yaml").read_text()) or {}
+    spec = load_spec(name)
+    if spec is None:
+        raise ValueError(f"sweep '{name}' has no report spec (sweeps/{name}.yaml `report:`): nothing to plan")
+    params = {k: str(v) for k, v in (raw.get("hydra", {}).get("sweeper", {}).get("params") or {}).items()}
+    keys = [k for k in params if k != "seed"]
+    if len(keys) != 1:
+        raise ValueError(f"sweep '{name}': planning needs one row axis besides seed in its grid, got {keys}")
+    key = keys[0]
+    values = [v.strip() for v in params[key].split(",") if v.strip()]
+    row_values: dict[str, str] = {}
+    for value in values:
+        axes = {k: _norm(v) for k, v in _value_axes(key, value).items()}
+        hits = [r.id for r in spec.rows if all(_norm(r.axes[k]) == axes[k] for k in spec.match if k in axes)]
+        if len(hits) != 1:
+            raise ValueError(f"sweep '{name}': {key}={value} matches rows {hits} of the report spec, not one")
+        row_values[hits[0]] = value
+    given = dict(o.split("=", 1) for o in overrides if "=" in o)
+    tier = given.get("tier", "proxy")
+    sweep_dir = Path(given.get("hydra.sweep.dir", f"results/{tier}/{name}"))
+    return SweepGrid(name, sweep_dir, key, row_values, jobs or _parallel(raw, given))
+
+
+def _parallel(raw: dict, given: dict[str, str]) -> int:
+    """Jobs at once under the sweep's launcher (joblib ``n_jobs``), 1 for ``basic``."""
+    if "hydra.launcher.n_jobs" in given:
+        return int(given["hydra.launcher.n_jobs"])
+    launcher = given.get("hydra/launcher")
+    for item in raw.get("defaults") or []:
+        if isinstance(item, dict) and "override /hydra/launcher" in item and launcher is None:
+            launcher = item["override /hydra/launcher"]
+    path = CONF_DIR / "hydra" / "launcher" / f"{launcher}.yaml"
+    if launcher and path.exists():
+        return int((yaml.safe_load(path.read_text()) or {}).get("n_jobs", 1))
+    return 1
+
+
+# ---- the plan -----------------------------------------------------------------------------
+def job_minutes(runs: pd.DataFrame) -> pd.Series:
+    """Measured minutes per completed job: wall time of the record, else its training time."""
+    wall = (pd.to_datetime(runs["finished_at"], errors="coerce", utc=True)
+            - pd.to_datetime(runs["started_at"], errors="coerce", utc=True)).dt.total_seconds()
+    return wall.fillna(pd.to_numeric(runs["train_time_s"], errors="coerce")) / 60.0
+
+
+def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min: float,
+              power: float = 0.8, max_seeds: int = 30) -> Plan:
+    """The pilot still missing and the top-up of the rows the claims need, within ``budget_min``."""
+    from csp_ablate.report.tables import assign_rows, evidence_for, statistical_test
+    from csp_ablate.report.verdicts import seeds_needed
+
+    frame = runs.assign(row=assign_rows(runs, spec)) if not runs.empty else runs.assign(row=pd.Series(dtype="string"))
+    done = frame[frame["status"] == "completed"] if not frame.empty else frame
+    n_now = {rid: int((done["row"] == rid).sum()) for rid in grid.row_values}
+    minutes = job_minutes(done) if not done.empty else pd.Series(dtype=float)
+    overall = float(minutes.mean()) if minutes.notna().any() else math.nan
+    per_job = {rid: float(minutes[done["row"] == rid].mean()) if (done["row"] == rid).any() else overall
+               for rid in grid.row_values}
+    per_job = {rid: overall if math.isnan(m) else m for rid, m in per_job.items()}
+    pilot = {rid: max(0, PILOT_SEEDS - n) for rid, n in n_now.items()}
+    pilot_minutes = sum(k * per_job[r] for r, k in pilot.items()) / grid.parallel
+    notes = [] if not any(pilot.values()) else [
+        "pilot incomplete: the top-up below is provisional and is planned again once the pilot is done"]
+    if math.isnan(overall):
+        notes.append("no measured job yet: minutes unknown, the budget is checked after the pilot")
+
+    claims, sd = [], {}
+    target = dict(n_now)
+    for claim in spec.claims:
+        if claim.metric == "bflops":
+            continue
+        if claim.row not in grid.row_values or claim.vs not in grid.row_values:
+            claims.append({"claim": claim.id, "metric": claim.metric, "paper": claim.paper, "seeds_needed": math.nan,
+                           "rows": (), "status": "a row is not in the sweep's grid"})
+            continue
+        ev = evidence_for(frame, spec, claim.metric)(claim.row, claim.vs) if not frame.empty else None
+        need = math.nan
+        if ev is not None and ev.sigma == ev.sigma:
+            if ev.model == "pooled":
+                sd.setdefault(claim.metric, (ev.sigma, int(ev.df)))
+            need = seeds_needed(statistical_test(claim)[0], ev, power=power, max_seeds=max_seeds)
+        claims.append({"claim": claim.id, "metric": claim.metric,
+                       "paper": claim.paper if claim.paper is not None else claim.direction,
+                       "seeds_needed": need, "rows": (claim.row, claim.vs),
+                       "status": "no variance yet" if ev is None or ev.sigma != ev.sigma
+                       else (f"out of reach (> {max_seeds} seeds)" if need != need else None)})
+    total = 0.0
+    open_claims = [c for c in claims if c["status"] is None]
+    while open_claims:  # greedy: the claim whose missing runs cost least, given what is planned
+        def cost(c):
+            return sum(max(0, int(c["seeds_needed"]) - target[r]) * per_job[r] for r in set(c["rows"])) / grid.parallel
+        best = min(open_claims, key=cost)
+        open_claims.remove(best)
+        extra = cost(best)
+        if math.isnan(extra) or total + pilot_minutes + extra <= budget_min:
+            for r in set(best["rows"]):
+                target[r] = max(target[r], int(best["seeds_needed"]))
+            total += 0.0 if math.isnan(extra) else extra
+            best["status"] = "planned" if extra > 0 or math.isnan(extra) else "enough seeds already"
+        else:
+            best["status"] = f"over budget (+{extra:.0f} min)"
+    rows = pd.DataFrame([{"row": r, "n_now": n_now[r], "n_planned": max(target[r], PILOT_SEEDS),
+                          "new_runs": max(target[r], PILOT_SEEDS) - max(n_now[r], PILOT_SEEDS),
+                          "min_per_job": per_job[r]} for r in grid.row_values])
+    rows["minutes"] = rows["new_runs"] * rows["min_per_job"] / grid.parallel
+    table = pd.DataFrame(claims).drop(columns="rows") if claims else pd.DataFrame()
+    return Plan(grid, budget_min, sd, pilot, rows, table, pilot_minutes, total, notes)
+
+
+def commands(plan: Plan, passthrough: list[str]) -> list[list[str]]:
+    """The multiruns: the pilot (if missing), then one per planned n; each is resumable."""
+    base = [sys.executable, "-m", "csp_ablate", "-m", f"sweep={plan.grid.name}"]
+    out = []
+    pilot_rows = [r for r, k in plan.pilot.items() if k > 0]
+    if pilot_rows:
+        out.append([*base, f"seed={','.join(map(str, range(PILOT_SEEDS)))}",
+                    f"{plan.grid.row_key}={','.join(plan.grid.row_values[r] for r in pilot_rows)}", *passthrough])
+    top = plan.rows[plan.rows["new_runs"] > 0]
+    for n, group in top.groupby("n_planned", sort=True):
+        values = ",".join(plan.grid.row_values[r] for r in group["row"])
+        out.append([*base, f"seed={','.join(map(str, range(int(n))))}", f"{plan.grid.row_key}={values}", *passthrough])
+    return out
+
+
+def format_plan(plan: Plan, cmds: list[list[str]]) -> str:
+    sd = "; ".join(f"{m} SD {s:.3f} (df {df})" for m, (s, df) in plan.sd.items()) or "no pooled SD yet"
+    pilot_runs = sum(plan.pilot.values())
+    lines = [f"Seed plan for sweep {plan.grid.name} ({plan.grid.sweep_dir}), {plan.grid.parallel} job(s) at once, "
+             f"budget {plan.budget_min:g} min. Planned from the pilot's pooled seed variance only ({sd}), "
+             "80 % power, α = 0.05 (csp_ablate/plan.py says why not from its effect).",
+             f"Pilot (n = {PILOT_SEEDS} per row): " + ("complete." if not pilot_runs else
+                                                        f"{pilot_runs} run(s) missing, ~{plan.pilot_minutes:.0f} min."),
+             *plan.notes, ""]
+    if not plan.claims.empty:
+        lines += [plan.claims.to_markdown(index=False, floatfmt="g"), ""]
+    lines += [plan.rows.to_markdown(index=False, floatfmt=".1f"), ""]
+    new = int(plan.rows["new_runs"].sum())
+    lines.append(f"Expected: {pilot_runs + new} new run(s), ~{plan.pilot_minutes + plan.minutes:.0f} min of sweep wall "
+                 f"time (pilot {plan.pilot_minutes:.0f} + top-up {plan.minutes:.0f}; budget {plan.budget_min:g}).")
+    lines += ["Commands (resumable: completed grid points are skipped):", *("  python " + " ".join(c[1:]) for c in cmds)]
+    return "\n".join(lines)
+
+
+# ---- the command line ---------------------------------------------------------------------
+def parse_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` tokens: the planner's options, and the overrides passed on to Hydra."""
+    options, passthrough = {}, []
+    for token in argv:
+        if token in ("-m", "--multirun"):
+            continue
+        key, sep, value = token.partition("=")
+        if sep and key in (*PLAN_KEYS, "sweep", "dry-run"):
+            options[key.replace("-", "_")] = value
+        elif token == "--dry-run":
+            options["dry_run"] = "true"
+        else:
+            passthrough.append(token)
+    return options, passthrough
+
+
+def build(options: dict[str, str], passthrough: list[str]) -> tuple[Plan, list[list[str]]]:
+    from csp_ablate.report.records import runs_frame
+
+    name = options.get("sweep")
+    if not name:
+        raise ValueError("seed planning needs a named sweep: sweep=table1|figure4|table2")
+    if options.get("seeds", "auto") != "auto":
+        raise ValueError(f"seeds={options['seeds']}: the planner only knows seeds=auto")
+    grid = sweep_grid(name, passthrough, int(options["jobs"]) if "jobs" in options else None)
+    runs = runs_frame(grid.sweep_dir) if grid.sweep_dir.is_dir() else pd.DataFrame(columns=_record_keys())
+    plan = make_plan(runs, load_spec(name), grid, float(options.get("budget_min", "inf")),
+                     float(options.get("power", 0.8)), int(options.get("max_seeds", 30)))
+    return plan, commands(plan, passthrough)
+
+
+def _record_keys() -> list[str]:
+    from csp_ablate.record import RECORD_KEYS
+
+    return RECORD_KEYS
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, passthrough = parse_argv(list(sys.argv[1:] if argv is None else argv))
+    dry = options.get("dry_run", "false").lower() in ("1", "true", "yes")
+    try:
+        if not dry and "budget_min" not in options:
+            raise ValueError("give budget_min=<minutes> (or dry_run=true to see the plan)")
+        plan, cmds = build(options, passthrough)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"csp_ablate.plan: error: {err}", file=sys.stderr)
+        return 2
+    print(format_plan(plan, cmds), flush=True)
+    if dry:
+        return 0
+    if not plan.pilot_done:
+        if plan.pilot_minutes > plan.budget_min:
+            print(f"csp_ablate.plan: the pilot alone needs ~{plan.pilot_minutes:.0f} min > budget", file=sys.stderr)
+            return 2
+        started = pd.Timestamp.now()
+        rc = subprocess.run(cmds[0], check=False).returncode
+        if rc:
+            return rc
+        spent = (pd.Timestamp.now() - started).total_seconds() / 60
+        options = {**options, "budget_min": str(max(0.0, plan.budget_min - spent))}
+        plan, cmds = build(options, passthrough)  # planned again from the pilot's variance
+        print("\nAfter the pilot:\n" + format_plan(plan, cmds), flush=True)  # a partly failed pilot: retried once
+    for cmd in cmds:
+        rc = subprocess.run(cmd, check=False).returncode
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

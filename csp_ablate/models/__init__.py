@@ -34,9 +34,10 @@ __all__ = [
 
 #: Our PeleeNet family (registered in timm by importing this package).
 PELEE_MODELS: tuple[str, ...] = ("peleenet", "csppeleenet", "speleenet", "peleenext")
-#: timm's own Table 3 models; the ``activation`` axis maps to their ``act_layer``.
+#: timm's own models: Table 3's and DenseNet-121 (a CSP transform base); the ``activation``
+#: axis maps to their ``act_layer``.
 TIMM_MODELS: tuple[str, ...] = (
-    "resnet50", "cspresnet50", "resnext50_32x4d", "cspresnext50", "darknet53", "cspdarknet53",
+    "resnet50", "cspresnet50", "resnext50_32x4d", "cspresnext50", "darknet53", "cspdarknet53", "densenet121",
 )
 
 #: The paper's model axes each registered model accepts; others must be rejected. timm's
@@ -49,7 +50,6 @@ MODEL_AXES: dict[str, frozenset[str]] = {
     "peleenext": frozenset({"activation"}),
     **{name: frozenset({"activation"}) for name in TIMM_MODELS},
     **{name: frozenset({"gamma", "fusion", "activation"}) for name in CSP_BASES},
-    **{csp_name(name): frozenset({"gamma", "fusion", "activation"}) for name in CSP_BASES},
 }
 _AXES = frozenset().union(*MODEL_AXES.values())
 

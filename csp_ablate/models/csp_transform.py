@@ -162,7 +162,8 @@ def _finish_blocks(new: list[nn.Module], old: Sequence[nn.Module], last_bn: Call
     """Init rebuilt residual blocks like the backbone's (zero last BN where it was zero)."""
     _init_new(new)
     for n, o in zip(new, old):
-        if hasattr(n, "zero_init_last") and not last_bn(o).weight.detach().any():
+        weight = last_bn(o).weight  # on the meta device (cost counting) there are no values to copy
+        if hasattr(n, "zero_init_last") and not weight.is_meta and not weight.detach().any():
             n.zero_init_last()
     return nn.Sequential(*new)
 

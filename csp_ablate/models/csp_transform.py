@@ -214,8 +214,9 @@ def _resnet(model: nn.Module, gamma: float, fusion: str, split: str, expand: Seq
 
         def make_blocks(c_d: int, old=old, width=width, card=card, act=act, bn=bn) -> tuple[nn.Module, int]:
             if c_d % Bottleneck.expansion:
-                raise ConfigError(f"CSP transform: γ={gamma} leaves {c_d} block channels in a ResNet stage, not a "
-                                  f"multiple of the bottleneck expansion {Bottleneck.expansion}; use γ in 0.25/0.5/0.75.")
+                raise ConfigError(f"CSP transform: γ={gamma} leaves {c_d} block channels in a ResNet stage, not "
+                                  f"a multiple of the bottleneck expansion {Bottleneck.expansion}; use γ in "
+                                  "0.25/0.5/0.75.")
             planes = c_d // Bottleneck.expansion  # out = planes·4 = c_d; base_width keeps the inner width
             new = [Bottleneck(c_d, planes, cardinality=card, base_width=64 * width / (card * planes) + 1e-6,
                               dilation=o.conv2.dilation[0], act_layer=act, norm_layer=bn,
@@ -259,9 +260,9 @@ def _densenet(model: nn.Module, gamma: float, fusion: str, split: str, expand: S
             return nn.Sequential(OrderedDict(norm=norm(in_chs), conv=nn.Conv2d(in_chs, out, 1, bias=False)))
 
         pool = None if trans is None else copy.deepcopy(trans.pool)
-        stage, exit = build_csp_stage(entry=nn.Identity(), base_chs=chs, out_chs=out_chs if trans is not None else dense_out,
-                                      gamma=gamma, fusion=fusion, make_blocks=make_blocks, make_conv=make_conv,
-                                      pool=pool, exit_in_slot=trans is not None, split=split, expand=expand[i])
+        stage, exit = build_csp_stage(entry=nn.Identity(), base_chs=chs, out_chs=out_chs, gamma=gamma, fusion=fusion,
+                                      make_blocks=make_blocks, make_conv=make_conv, pool=pool,
+                                      exit_in_slot=trans is not None, split=split, expand=expand[i])
         setattr(feats, name, stage)
         if exit is not None:
             setattr(feats, trans_name, exit)

@@ -19,6 +19,8 @@ ACTIVATIONS = ("leaky", "relu", "swish", "mish")
 NECKS = ("prn", "cem_sam", "gfm", "efm", "fpn", "yolov3")  # fpn = prn; yolov3: Figure 7's PeleeNet-YOLO
 EXTRAS = ("giou", "spp", "sam", "swish")
 TIERS = ("smoke", "proxy", "paper")
+#: timm backbones whose stages the CSP transform rewrites (= csp_ablate.models.CSP_BASES; torch-free copy)
+CSP_BASES = ("densenet121", "resnet50", "resnext50_32x4d", "darknet53")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -29,7 +31,8 @@ def validate_config(cfg: DictConfig) -> None:
         if cfg.get(axis) is not None and axis not in model_keys:
             raise ConfigError(
                 f"Axis '{axis}={cfg.get(axis)}' does not apply to model={model_name}: it has no "
-                f"partial stage. Use model=csppeleenet for '{axis}', or drop the override."
+                f"partial stage. Use model=csppeleenet or a CSP-transformable timm backbone "
+                f"({', '.join(CSP_BASES)}) for '{axis}', or drop the override."
             )
     if cfg.get("fusion") is not None and cfg.fusion not in FUSIONS:
         raise ConfigError.bad_value(

@@ -184,8 +184,9 @@ def test_registered_and_axes_table():
     for name in models.PELEE_MODELS:
         assert name in timm.list_models(name)
     assert set(models.MODEL_AXES) == set(models.PELEE_MODELS) | set(models.TIMM_MODELS)
-    assert models.MODEL_AXES["csppeleenet"] == {"gamma", "fusion", "activation"}
-    assert all(models.MODEL_AXES[n] == {"activation"} for n in models.MODEL_AXES if n != "csppeleenet")
+    partial = {"csppeleenet", *models.CSP_BASES}  # CSPPeleeNet and the CSP transform's bases
+    assert all(models.MODEL_AXES[n] == {"gamma", "fusion", "activation"} for n in partial)
+    assert all(models.MODEL_AXES[n] == {"activation"} for n in models.MODEL_AXES if n not in partial)
 
 
 @pytest.mark.parametrize("name", models.PELEE_MODELS)
@@ -317,5 +318,5 @@ def test_axes_that_do_not_apply_are_rejected(name, axis):
 def test_create_backbone_rejects_unknown_model_and_axes():
     with pytest.raises(ConfigError, match="'model'.*csppeleenet"):
         models.create_backbone("vgg16")
-    with pytest.raises(ConfigError, match="'gamma'.*'resnet50'"):
-        models.create_backbone("resnet50", gamma=0.5)
+    with pytest.raises(ConfigError, match="'gamma'.*'cspresnet50'"):
+        models.create_backbone("cspresnet50", gamma=0.5)

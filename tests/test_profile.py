@@ -336,7 +336,7 @@ def compose_profile():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        (["model=resnet50", "fusion=csp"], ["does not apply to model=resnet50"]),
+        (["model=cspresnet50", "fusion=csp"], ["does not apply to model=cspresnet50"]),
         (["model=csppeleenet", "gamma=1.5"], ["'gamma'", "between 0 and 1"]),
         (["model=csppeleenet", "fusion=middle"], ["'fusion'", "none, csp, first, last"]),
         (["activation=gelu"], ["'activation'", "leaky, relu, swish, mish"]),

@@ -14,12 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from csp_ablate.errors import ConfigError
-from csp_ablate.models import peleenet  # noqa: F401  (registers the entrypoints in timm)
+from csp_ablate.models import csp_transform, peleenet  # noqa: F401  (register the entrypoints in timm)
+from csp_ablate.models.csp_transform import CSP_BASES, csp_name
 from csp_ablate.models.layers import ACTIVATIONS, DEFAULT_ACTIVATION, get_act_layer
 from csp_ablate.models.peleenet import FUSIONS, PeleeNet
 
 __all__ = [
     "ACTIVATIONS",
+    "CSP_BASES",
     "DEFAULT_ACTIVATION",
     "FUSIONS",
     "MODEL_AXES",
@@ -32,18 +34,22 @@ __all__ = [
 
 #: Our PeleeNet family (registered in timm by importing this package).
 PELEE_MODELS: tuple[str, ...] = ("peleenet", "csppeleenet", "speleenet", "peleenext")
-#: timm's own Table 3 models; the ``activation`` axis maps to their ``act_layer``.
+#: timm's own models: Table 3's and DenseNet-121 (a CSP transform base); the ``activation``
+#: axis maps to their ``act_layer``.
 TIMM_MODELS: tuple[str, ...] = (
-    "resnet50", "cspresnet50", "resnext50_32x4d", "cspresnext50", "darknet53", "cspdarknet53",
+    "resnet50", "cspresnet50", "resnext50_32x4d", "cspresnext50", "darknet53", "cspdarknet53", "densenet121",
 )
 
-#: The paper's model axes each registered model accepts; others must be rejected.
+#: The paper's model axes each registered model accepts; others must be rejected. timm's
+#: backbones in :data:`CSP_BASES` take gamma/fusion through the CSP transform
+#: (:mod:`csp_ablate.models.csp_transform`); without them they stay timm's own model.
 MODEL_AXES: dict[str, frozenset[str]] = {
     "peleenet": frozenset({"activation"}),
     "csppeleenet": frozenset({"gamma", "fusion", "activation"}),
     "speleenet": frozenset({"activation"}),
     "peleenext": frozenset({"activation"}),
     **{name: frozenset({"activation"}) for name in TIMM_MODELS},
+    **{name: frozenset({"gamma", "fusion", "activation"}) for name in CSP_BASES},
 }
 _AXES = frozenset().union(*MODEL_AXES.values())
 
@@ -74,6 +80,16 @@ def create_backbone(name: str, activation: str | None = None, **kwargs: Any):
             f"Invalid key '{key}' for model '{name}': the axis does not apply to this model. "
             f"Allowed: {', '.join(sorted(MODEL_AXES[name]))}."
         )
+    if name in CSP_BASES:
+        gamma, fusion = kwargs.pop("gamma", None), kwargs.pop("fusion", None)
+        if fusion is not None:  # the CSP transform; fusion=none is the untouched backbone
+            if gamma is None and fusion != "none":
+                raise ConfigError(f"model={name} fusion={fusion} needs gamma (e.g. gamma=0.5): the share of each "
+                                  "stage's channels that bypasses its blocks.")
+            name, kwargs = csp_name(name), {**kwargs, "gamma": gamma, "fusion": fusion}
+        elif gamma is not None:
+            raise ConfigError(f"model={name} gamma={gamma} needs fusion (none, csp, first or last); without both "
+                              f"axes model={name} is timm's own {name}.")
     if activation is not None:
         if name in PELEE_MODELS:
             kwargs["activation"] = activation

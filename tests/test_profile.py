@@ -395,3 +395,42 @@ def test_cli_bad_input_is_one_paragraph(override, expected):
     if "nosuchnet" not in override[0]:  # ours: one paragraph, exit code 2 (Hydra lists the options itself)
         assert proc.returncode == 2 and proc.stderr.startswith("csp_ablate.profile: error: ")
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- feature-pyramid memory ---------------------------------------------------------------------
+class _ToyNeck(nn.Module):
+    """1x1 conv (new tensor), concat with its input (new), in-place ReLU (nothing new), a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.smooth = nn.Conv2d(8, 2, 1)
+
+    def forward(self, feats: list) -> list:
+        y = torch.relu_(torch.cat([self.conv(feats[0]), feats[0]], 1))
+        return [self.smooth(y.view(y.shape))]
+
+
+def test_pyramid_memory_counts_new_storages_only():
+    from csp_ablate.profile.pyramid import tensor_bytes_created
+
+    outer = nn.Sequential()
+    outer.neck = _ToyNeck()
+    x = torch.zeros(1, 4, 5, 5)
+    counts = tensor_bytes_created(outer.neck, lambda: outer.neck([x]), [outer.neck.smooth])
+    f32 = 4
+    assert counts["inputs"] == 4 * 25 * f32
+    # conv out (4 ch) + cat (8 ch) + smooth out (2 ch); relu_ and view allocate nothing
+    assert counts["created"] == (4 + 8 + 2) * 25 * f32
+    assert counts["fused"] == 8 * 25 * f32 and counts["outputs"] == 2 * 25 * f32
+
+
+def test_pyramid_memory_table_efm_vs_gfm(tmp_path):
+    from csp_ablate.profile.pyramid import write_pyramid_memory
+
+    table = write_pyramid_memory(tmp_path, img_size=64).set_index("neck")
+    # GFM fuses a 3·C concatenation per scale, EFM's Maxout keeps C: a third, whatever the size
+    assert table.loc["efm", "fused_vs_gfm_pct"] == pytest.approx(-100 * 2 / 3)
+    assert table.loc["efm", "created_mib"] < table.loc["gfm", "created_mib"]
+    md = (tmp_path / "feature_pyramid_memory.md").read_text()
+    assert "feature pyramid" in md and "-75" in md and "forward hooks" in md

@@ -1,7 +1,8 @@
 """``python -m csp_ablate.profile``: the profiler's Hydra CLI (config ``conf/profiler.yaml``).
 
 One model's cost (a table or JSON), a ``-m`` sweep into ``fidelity.csv|md``, the full fidelity
-table (``fidelity=true``) or the paper's Figure 7 (``figure7=classifier|detection``).
+table (``fidelity=true``), the paper's Figure 7 (``figure7=classifier|detection``) or the memory
+of the detectors' feature pyramid (``feature_pyramid=true``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def run_profile(cfg) -> dict[str, Any]:
     fps_batches = list(cfg.fps_batches) if cfg.fps else []
     if cfg.figure7 is not None:
         return run_figure7(cfg)
+    if cfg.feature_pyramid:
+        return run_feature_pyramid(cfg)
     if cfg.fidelity:
         rows = []
         for spec in fidelity_specs():
@@ -150,6 +153,21 @@ def run_figure7(cfg) -> dict[str, Any]:
         print(text)
         print(f"wrote {out_dir}/{names}")
     return {"rows": len(summary)}
+
+
+def run_feature_pyramid(cfg) -> dict[str, Any]:
+    """``feature_pyramid=true``: memory of the PRN / GFM / EFM feature pyramids -> ``detection.out_dir``."""
+    from csp_ablate.profile.pyramid import write_pyramid_memory
+
+    out_dir = Path(cfg.detection.out_dir)
+    table = write_pyramid_memory(out_dir, int(cfg.detection.img_size), int(cfg.detection.num_classes),
+                                 command=_command_line() or "python -m csp_ablate.profile feature_pyramid=true")
+    if cfg.format == "json":
+        print(json.dumps({"out_dir": str(out_dir), "rows": json.loads(table.to_json(orient="records"))}))
+    else:
+        print((out_dir / "feature_pyramid_memory.md").read_text())
+        print(f"wrote {out_dir}/feature_pyramid_memory.csv|md")
+    return {"rows": len(table)}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

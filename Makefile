@@ -17,7 +17,7 @@ sweep-figure4: setup ## Figure 4 proxy sweep -> results/proxy/figure4
 sweep-table2: setup ## Table 2 proxy sweep (detection) -> results/proxy/table2 (rerun resumes)
 	$(PY) -m csp_ablate -m sweep=table2
 figure7: setup      ## per-layer cost of the detectors (paper Figure 7) -> results/fidelity/detection
-	$(PY) -m csp_ablate.detection_profile
+	$(PY) -m csp_ablate.profile figure7=detection
 report: setup       ## rebuild a sweep's tables from its records: make report DIR=results/proxy/table1
 	$(PY) -m csp_ablate.report $(DIR)
 test: setup         ## fast test suite

@@ -38,7 +38,7 @@ PHASES = {  # (file suffix, function name) -> phase label
     ("wandb/sdk/wandb_init.py", "init"): "W&B init on the main thread (inside Trainer.fit)",
     ("csp_ablate/loggers.py", "finish_logger"): "W&B summary + finish",
     ("csp_ablate/record.py", "write_record"): "record.json write",
-    ("csp_ablate/profile.py", "measure_fps"): "fps measurement",
+    ("csp_ablate/profile/throughput.py", "measure_fps"): "fps measurement",
     ("lightning/pytorch/core/datamodule.py", "__init__"): None,
 }
 

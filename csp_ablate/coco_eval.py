@@ -2,11 +2,15 @@
 
 Why pycocotools and not a re-implementation: AP numbers are only comparable to the paper's when
 computed by the reference COCOeval (101-point interpolation, crowd boxes as ignore regions,
-100 detections per image). Cost per call on the 2000 fashion_det val images (2-core dev box,
-both cores busy with another job): 2.3 s at 10 detections per image, 7.4 s at 100. Two things
-keep it there: detections are cut to the 100 best per image before
-pycocotools sees them (COCOeval discards the rest anyway, after paying for their IoUs), and
-pycocotools' prints are swallowed.
+at most ``maxDets=100`` detections). COCOeval applies that cap per image AND per class: it
+evaluates each (image, category) pair on its 100 best-scoring detections of that category, so an
+image may contribute 100 detections of every class. Cost per call on the 2000 fashion_det val
+images (2-core dev box, both cores busy with another job): 2.3 s at 10 detections per image,
+7.4 s at 100. Two things keep it there: each (image, category) pair is cut to its 100 best
+detections before pycocotools sees them (exactly the detections COCOeval would keep: it discards
+the rest after paying for their IoUs, so AP is unchanged), and pycocotools' prints are
+swallowed. A cap of 100 per image across classes would drop detections COCOeval scores and
+lower AP (``tests/test_coco_eval.py``: an image with 180 boxes of two classes).
 
 Coordinates: the detector works in letterboxed network-input pixels; :func:`detections_to_coco`
 undoes the letterbox with the ``meta`` of :class:`csp_ablate.data.coco.CocoDetectionDataset`
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-MAX_DETS = 100  # COCO's per-image detection cap (COCOeval's maxDets[-1])
+MAX_DETS = 100  # COCO's detection cap per image and category (COCOeval's maxDets[-1])
 
 
 def _np(x: Any) -> np.ndarray:
@@ -66,16 +70,23 @@ def detections_to_coco(
     ]
 
 
-def _top_per_image(detections: list[dict[str, Any]], image_ids: set[int], k: int) -> list[dict[str, Any]]:
-    """The ``k`` best-scoring detections of each image in ``image_ids`` (fresh dicts: loadRes mutates)."""
-    per_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+def _top_per_image_and_class(
+    detections: list[dict[str, Any]], image_ids: set[int], k: int
+) -> list[dict[str, Any]]:
+    """The ``k`` best-scoring detections of each (image, category) pair of ``image_ids``.
+
+    COCOeval's own cut (``evaluateImg`` keeps ``dt[:maxDet]`` per image and category after a
+    stable sort by score), so ties are broken the same way: by input order. Fresh dicts are
+    returned because ``loadRes`` mutates them.
+    """
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for det in detections:
         if det["image_id"] in image_ids:
-            per_image[det["image_id"]].append(det)
+            groups[det["image_id"], det["category_id"]].append(det)
     out = []
-    for dets in per_image.values():
+    for dets in groups.values():
         if len(dets) > k:
-            dets = sorted(dets, key=lambda d: -d["score"])[:k]
+            dets = sorted(dets, key=lambda d: -d["score"])[:k]  # sorted() is stable, like mergesort
         out.extend(dict(d) for d in dets)
     return out
 
@@ -90,7 +101,7 @@ def coco_ap(coco_gt, detections: list[dict[str, Any]]) -> dict[str, float]:
     from pycocotools.cocoeval import COCOeval
 
     image_ids = set(coco_gt.getImgIds())  # COCOeval's params.imgIds default to these too
-    dets = _top_per_image(detections, image_ids, MAX_DETS)
+    dets = _top_per_image_and_class(detections, image_ids, MAX_DETS)
     if not dets or not coco_gt.getAnnIds():
         return {"ap": 0.0, "ap50": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):

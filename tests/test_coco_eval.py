@@ -95,3 +95,49 @@ def test_detections_to_coco_undoes_the_letterbox():
     assert out[0] == {"image_id": 7, "category_id": 9, "bbox": [20.0, 20.0, 40.0, 40.0], "score": pytest.approx(0.9)}
     assert out[1]["category_id"] == 3 and out[1]["bbox"] == pytest.approx([180.0, 0.0, 20.0, 40.0])
     assert detections_to_coco(np.zeros((0, 4)), np.zeros(0), np.zeros(0), meta, [3, 9]) == []
+
+
+def _coco_eval_ap(coco_gt, detections: list[dict]) -> float:
+    """AP@[.5:.95] (%) of pycocotools' COCOeval on ``detections`` as given (no pre-cut)."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in detections]), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return 100.0 * float(evaluator.stats[0])
+
+
+@pytest.fixture
+def crowded_image(tmp_path):
+    """One 1000x1000 image with 120 boxes of category 1 and 60 of category 5 (180 in all), and one
+    detection per box: most are good, the lower-scored ones are off by 30 % of the width."""
+    rng = np.random.default_rng(1)
+    cells = [(20 + 60 * (n % 15), 20 + 60 * (n // 15)) for n in range(180)]
+    anns, detections = [], []
+    for n, (x, y) in enumerate(cells):
+        cat = 1 if n < 120 else 5
+        anns.append({"id": n + 1, "image_id": 1, "category_id": cat, "bbox": [x, y, 40, 40], "area": 1600,
+                     "iscrowd": 0})
+        score = float(rng.uniform(0.05, 1.0))
+        shift = 0.0 if score > 0.4 else 12.0  # IoU 0.54 for the weak ones: a match only at low thresholds
+        detections.append({"image_id": 1, "category_id": cat, "bbox": [x + shift, y, 40, 40], "score": score})
+    data = {"images": [{"id": 1, "file_name": "1.png", "width": 1000, "height": 1000}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 5, "name": "b"}], "annotations": anns}
+    path = tmp_path / "crowded.json"
+    path.write_text(json.dumps(data))
+    return load_coco(path), detections
+
+
+def test_cap_is_per_image_and_class_like_cocoeval(crowded_image):
+    coco_gt, detections = crowded_image
+    assert len(detections) == 180
+    reference = _coco_eval_ap(coco_gt, detections)  # COCOeval on every detection: its own per-class cap
+    assert coco_ap(coco_gt, detections)["ap"] == pytest.approx(reference, abs=1e-9)
+    # the old cut (100 best of the image across classes) drops detections COCOeval scores: AP falls
+    top100 = sorted(detections, key=lambda d: -d["score"])[:100]
+    assert _coco_eval_ap(coco_gt, top100) < reference - 1.0

@@ -212,9 +212,9 @@ def test_yolov3_neck_keeps_darknet_widths_and_the_head_doubles_them():
 
 
 def test_figure7_detection_profile_writes_tables_and_the_cut(tmp_path):
-    from csp_ablate.detection_profile import figure7
+    from csp_ablate.profile.figure7 import detection_figure7
 
-    summary = figure7(tmp_path, img_size=64, num_classes=80)
+    summary = detection_figure7(tmp_path, img_size=64, num_classes=80)
     assert list(summary["detector"]) == ["PeleeNet-YOLO", "PeleeNet-PRN", "CSPPeleeNet-EFM"]
     yolo, _, efm = summary.to_dict("records")
     assert yolo["bottleneck_cut_pct_vs_yolo"] == 0.0

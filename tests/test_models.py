@@ -99,7 +99,7 @@ def test_fusion_none_is_peleenet():
 @pytest.mark.parametrize("gamma", GAMMAS)
 def test_stage_widths_and_wiring(gamma, fusion):
     model = timm.create_model("csppeleenet", gamma=gamma, fusion=fusion, num_classes=10)
-    assert [f["num_chs"] for f in model.feature_info[1:]] == STAGE_WIDTHS
+    assert [f["num_chs"] for f in model.feature_info] == STAGE_WIDTHS
     assert model.num_features == 704
     for stage, c_in, c_out in zip(model.stages, STAGE_INPUTS, STAGE_WIDTHS):
         bypass = 0 if fusion == "none" else int(gamma * c_in)
@@ -191,19 +191,41 @@ def test_registered_and_axes_table():
 
 @pytest.mark.parametrize("name", models.PELEE_MODELS)
 def test_features_only_strides_and_channels(name):
+    """Taps before each stage's pool, as timm's DenseNet: strides 4/8/16/32, strictly increasing."""
     feat = timm.create_model(name, features_only=True)
-    assert feat.feature_info.reduction() == [8, 16, 32, 32]
+    assert feat.feature_info.reduction() == [4, 8, 16, 32]
     assert feat.feature_info.channels() == STAGE_WIDTHS
     outs = feat(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == STAGE_WIDTHS
-    assert [64 // o.shape[-1] for o in outs] == [8, 16, 32, 32]
+    assert [64 // o.shape[-1] for o in outs] == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_feature_taps_sit_before_the_pool(fusion):
+    """The tap of stage i is what its pool reads; the classifier's features are unchanged."""
+    torch.manual_seed(0)
+    model = timm.create_model("csppeleenet", fusion=fusion, gamma=0.5, num_classes=10).eval()
+    seen = []
+    for stage in model.stages[:3]:
+        stage.pool.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        final, taps = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+    assert len(seen) == 6  # three pools, run by forward_intermediates and by forward_features
+    for tap, pooled_input in zip(taps, seen[:3]):
+        torch.testing.assert_close(tap, pooled_input)
 
 
 def test_features_for_a_detector():
-    feat = timm.create_model("csppeleenet", features_only=True, out_indices=(0, 1, 2, 4), in_chans=1)
-    assert feat.feature_info.reduction() == [4, 8, 16, 32]
+    feat = timm.create_model("csppeleenet", features_only=True, out_indices=(1, 2, 3), in_chans=1)
+    assert feat.feature_info.reduction() == [8, 16, 32]
     outs = feat(torch.randn(1, 1, 96, 96))
-    assert [tuple(o.shape[1:]) for o in outs] == [(32, 24, 24), (128, 12, 12), (256, 6, 6), (704, 3, 3)]
+    assert [tuple(o.shape[1:]) for o in outs] == [(256, 12, 12), (512, 6, 6), (704, 3, 3)]
+    # pruned: nothing after the last tap is kept (a stage-2 tap drops stage 3, stage 2's pool)
+    short = timm.create_model("csppeleenet", features_only=True, out_indices=(0, 2))
+    assert len(short.model.stages) == 3 and isinstance(short.model.stages[2].pool, nn.Identity)
+    assert [tuple(o.shape[1:]) for o in short(torch.randn(1, 3, 64, 64))] == [(128, 16, 16), (512, 4, 4)]
 
 
 def test_timm_model_api():
@@ -214,7 +236,7 @@ def test_timm_model_api():
     model.reset_classifier(5)
     assert model(x).shape == (2, 5)
     final, inter = model.forward_intermediates(x)
-    assert [t.shape[1] for t in inter] == [32] + STAGE_WIDTHS and final.shape[1] == 704
+    assert [t.shape[1] for t in inter] == STAGE_WIDTHS and final.shape[1] == 704
     assert model.pretrained_cfg["first_conv"] == "stem.stem1.conv"
     assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == 3
 

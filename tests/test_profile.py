@@ -18,6 +18,7 @@ import csp_ablate.models as models
 from csp_ablate import profile
 from csp_ablate.models.layers import DenseBlock
 from csp_ablate.profile import ModelSpec, build
+from csp_ablate.profile.cli import check_cli
 from conftest import run_cli
 
 GAMMAS = (0.25, 0.5, 0.75)
@@ -220,7 +221,7 @@ def test_evaluate_marks_pass_miss_and_report():
         _row(model="csppeleenet", gamma=0.25, fusion="last", bflops=0.85, bflops_delta_pct=-16.0),  # -5 pt off
         _row(table="table3", model="resnet50", input=256, params_m=25.6, bflops=10.7),
     ])
-    full = profile.evaluate(profile._na_to_none(rows))
+    full = profile.evaluate(profile.na_to_none(rows))
     table = full[full["params_m"].notna()].set_index("model", drop=False)
     assert len(table) == len(rows)
     assert table.loc["peleenet", "status"] == "pass"
@@ -246,7 +247,7 @@ def test_unstated_fusion_last_gamma_is_half():
 def test_fidelity_specs_cover_reference_tables():
     specs = profile.fidelity_specs()
     names = {s.model for s in specs}
-    ref = profile._reference()
+    ref = profile.reference_rows()
     assert set(ref["model"]) - names == set(profile.NOT_BUILT)
     assert {(s.gamma, s.fusion) for s in specs if s.model == "csppeleenet"} >= {
         (g, f) for g in GAMMAS for f in ("csp", "first", "last")
@@ -317,6 +318,18 @@ def test_cli_fidelity_writes_table(tmp_path):
     assert "## CIO" in md and "## Computational bottleneck" in md and "-43.8" in md
 
 
+def test_cli_figure7_detection_and_bad_mode(tmp_path):
+    """The detectors' Figure 7 runs from the same CLI (formerly ``csp_ablate.detection_profile``)."""
+    out = tmp_path / "det"
+    proc = run_cli("figure7=detection", "detection.img_size=64", f"detection.out_dir={out}", "format=json", **CLI)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    obj = json.loads(proc.stdout)
+    assert [r["detector"] for r in obj["rows"]] == ["PeleeNet-YOLO", "PeleeNet-PRN", "CSPPeleeNet-EFM"]
+    assert (out / "figure7_detection.md").exists() and (out / "per_layer_csppeleenet-efm-64.csv").exists()
+    bad = run_cli("figure7=backbone", **CLI)
+    assert bad.returncode == 2 and "'figure7'" in bad.stderr and "classifier, detection" in bad.stderr
+
+
 @pytest.fixture
 def compose_profile():
     from hydra import compose, initialize_config_dir
@@ -327,7 +340,7 @@ def compose_profile():
     def _compose(*overrides: str):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="profile", overrides=list(overrides))
+            return compose(config_name="profiler", overrides=list(overrides))
 
     yield _compose
     GlobalHydra.instance().clear()
@@ -351,7 +364,7 @@ def test_config_validation_names_key_value_and_allowed(compose_profile, override
 
     cfg = compose_profile(*override)
     with pytest.raises(ConfigError) as err:
-        profile._check_cli(cfg)
+        check_cli(cfg)
     for text in expected:
         assert text in str(err.value)
 
@@ -359,7 +372,7 @@ def test_config_validation_names_key_value_and_allowed(compose_profile, override
 @pytest.mark.parametrize("name", sorted(models.MODEL_AXES))
 def test_every_model_config_composes_and_validates(compose_profile, name):
     cfg = compose_profile(f"model={name}")
-    profile._check_cli(cfg)
+    check_cli(cfg)
     assert cfg.model.name == name
     assert ("gamma" in cfg.model) == ("gamma" in models.MODEL_AXES[name])
 
@@ -382,3 +395,42 @@ def test_cli_bad_input_is_one_paragraph(override, expected):
     if "nosuchnet" not in override[0]:  # ours: one paragraph, exit code 2 (Hydra lists the options itself)
         assert proc.returncode == 2 and proc.stderr.startswith("csp_ablate.profile: error: ")
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- feature-pyramid memory ---------------------------------------------------------------------
+class _ToyNeck(nn.Module):
+    """1x1 conv (new tensor), concat with its input (new), in-place ReLU (nothing new), a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.smooth = nn.Conv2d(8, 2, 1)
+
+    def forward(self, feats: list) -> list:
+        y = torch.relu_(torch.cat([self.conv(feats[0]), feats[0]], 1))
+        return [self.smooth(y.view(y.shape))]
+
+
+def test_pyramid_memory_counts_new_storages_only():
+    from csp_ablate.profile.pyramid import tensor_bytes_created
+
+    outer = nn.Sequential()
+    outer.neck = _ToyNeck()
+    x = torch.zeros(1, 4, 5, 5)
+    counts = tensor_bytes_created(outer.neck, lambda: outer.neck([x]), [outer.neck.smooth])
+    f32 = 4
+    assert counts["inputs"] == 4 * 25 * f32
+    # conv out (4 ch) + cat (8 ch) + smooth out (2 ch); relu_ and view allocate nothing
+    assert counts["created"] == (4 + 8 + 2) * 25 * f32
+    assert counts["fused"] == 8 * 25 * f32 and counts["outputs"] == 2 * 25 * f32
+
+
+def test_pyramid_memory_table_efm_vs_gfm(tmp_path):
+    from csp_ablate.profile.pyramid import write_pyramid_memory
+
+    table = write_pyramid_memory(tmp_path, img_size=64).set_index("neck")
+    # GFM fuses a 3·C concatenation per scale, EFM's Maxout keeps C: a third, whatever the size
+    assert table.loc["efm", "fused_vs_gfm_pct"] == pytest.approx(-100 * 2 / 3)
+    assert table.loc["efm", "created_mib"] < table.loc["gfm", "created_mib"]
+    md = (tmp_path / "feature_pyramid_memory.md").read_text()
+    assert "feature pyramid" in md and "-75" in md and "forward hooks" in md

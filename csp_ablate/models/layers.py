@@ -6,11 +6,13 @@
 * :class:`StemBlock`: PeleeNet's stem (stride 4).
 * :class:`TwoWayDenseLayer` and :class:`DenseBlock`: PeleeNet's 2-way dense layer and a dense
   block with dense (DenseNet) or sparse (SparseNet) aggregation.
+
+Every module is TorchScript-compatible (``torch.jit.script`` and FX -> script, timm's model
+contract): no ``from __future__ import annotations`` (TorchScript resolves annotations at
+runtime), ``typing`` generics in the forward signatures, no nested comprehensions in ``forward``.
 """
 
-from __future__ import annotations
-
-from collections.abc import Sequence
+from typing import List, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -29,7 +31,7 @@ class LeakyReLU01(nn.LeakyReLU):
         super().__init__(negative_slope=LEAKY_SLOPE, inplace=inplace)
 
 
-_ACT_LAYERS: dict[str, type[nn.Module]] = {
+_ACT_LAYERS: dict[str, Type[nn.Module]] = {
     "leaky": LeakyReLU01,
     "relu": nn.ReLU,
     "swish": nn.SiLU,
@@ -37,7 +39,7 @@ _ACT_LAYERS: dict[str, type[nn.Module]] = {
 }
 
 
-def get_act_layer(name: str | None = DEFAULT_ACTIVATION) -> type[nn.Module]:
+def get_act_layer(name: Optional[str] = DEFAULT_ACTIVATION) -> Type[nn.Module]:
     """Activation class for an ``activation`` axis value (``None`` means the default, leaky)."""
     if name is None:
         name = DEFAULT_ACTIVATION
@@ -57,7 +59,7 @@ class ConvNormAct(nn.Sequential):
         kernel_size: int = 1,
         stride: int = 1,
         groups: int = 1,
-        act_layer: type[nn.Module] = LeakyReLU01,
+        act_layer: Type[nn.Module] = LeakyReLU01,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
@@ -75,7 +77,7 @@ class StemBlock(nn.Module):
     Caffe/darknet do) so both branches agree in size for any input size.
     """
 
-    def __init__(self, in_chs: int = 3, out_chs: int = 32, act_layer: type[nn.Module] = LeakyReLU01) -> None:
+    def __init__(self, in_chs: int = 3, out_chs: int = 32, act_layer: Type[nn.Module] = LeakyReLU01) -> None:
         super().__init__()
         mid = out_chs // 2
         self.stem1 = ConvNormAct(in_chs, out_chs, 3, stride=2, act_layer=act_layer)
@@ -118,8 +120,8 @@ class TwoWayDenseLayer(nn.Module):
         growth_rate: int = 32,
         bottleneck_width: float = 1,
         groups: int = 1,
-        act_layer: type[nn.Module] = LeakyReLU01,
-        width_ref_chs: int | None = None,
+        act_layer: Type[nn.Module] = LeakyReLU01,
+        width_ref_chs: Optional[int] = None,
     ) -> None:
         super().__init__()
         half = growth_rate // 2
@@ -137,12 +139,12 @@ class TwoWayDenseLayer(nn.Module):
         )
         self.in_chs, self.out_chs = in_chs, 2 * half
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         a, b = self.conv1x1(x).chunk(2, dim=1)
         return self.branch1(a), self.branch2(b)
 
 
-def sparse_sources(layer_idx: int) -> list[int]:
+def sparse_sources(layer_idx: int) -> List[int]:
     """Indices aggregated by layer ``layer_idx`` (1-based) in SparseNet (Zhu et al. 2018).
 
     Feature 0 is the block input, feature j the output of layer j; layer i reads the features at
@@ -168,7 +170,9 @@ class DenseBlock(nn.Module):
     Every layer consumes a concatenation of earlier features anyway, so one ``torch.cat`` per
     layer input is unavoidable; the block output is built with a single final ``torch.cat``. A
     preallocated buffer written in place would trip autograd's version checks (earlier convs
-    saved views of the same storage), so it is not used.
+    saved views of the same storage), so it is not used. The forward keeps one flat list of
+    tensors (the block input, then each layer's two branch outputs) and reads it through
+    :attr:`flat_sources`, precomputed here, so it is a plain loop TorchScript compiles.
     """
 
     def __init__(
@@ -179,19 +183,22 @@ class DenseBlock(nn.Module):
         bottleneck_width: float = 1,
         connectivity: str = "dense",
         groups: int = 1,
-        act_layer: type[nn.Module] = LeakyReLU01,
-        width_ref_chs: int | None = None,
+        act_layer: Type[nn.Module] = LeakyReLU01,
+        width_ref_chs: Optional[int] = None,
     ) -> None:
         super().__init__()
         if connectivity not in ("dense", "sparse"):
             raise ConfigError.bad_value("connectivity", connectivity, ("dense", "sparse"))
         widths = [in_chs] + [growth_rate] * num_layers
         ref = width_ref_chs or in_chs  # block input width of the single-path PeleeNet stage
-        self.sources: list[list[int]] = []
+        sources: List[List[int]] = []
+        # flat tensor indices: feature 0 = tensor 0 (the input), feature j = tensors 2j-1, 2j (two branches)
+        flat_sources: List[List[int]] = []
         layers = []
         for i in range(1, num_layers + 1):
             src = list(range(i)) if connectivity == "dense" else sparse_sources(i)
-            self.sources.append(src)
+            sources.append(src)
+            flat_sources.append([t for j in src for t in ([0] if j == 0 else [2 * j - 1, 2 * j])])
             layers.append(
                 TwoWayDenseLayer(
                     sum(widths[j] for j in src), growth_rate, bottleneck_width, groups, act_layer,
@@ -199,11 +206,14 @@ class DenseBlock(nn.Module):
                 )
             )
         self.layers = nn.ModuleList(layers)
+        self.sources, self.flat_sources = sources, flat_sources
         self.in_chs, self.out_chs = in_chs, sum(widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats: list[Sequence[torch.Tensor]] = [(x,)]
-        for src, layer in zip(self.sources, self.layers):
-            parts = [t for j in src for t in feats[j]]
-            feats.append(layer(parts[0] if len(parts) == 1 else torch.cat(parts, 1)))
-        return torch.cat([t for f in feats for t in f], 1)
+        feats: List[torch.Tensor] = [x]
+        for i, layer in enumerate(self.layers):
+            parts = [feats[j] for j in self.flat_sources[i]]
+            a, b = layer(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+            feats.append(a)
+            feats.append(b)
+        return torch.cat(feats, 1)

@@ -44,41 +44,22 @@ PeleeNeXt (no published cost)
     PeleeNet with ResNeXt-style group convolution in the dense layers' three 3x3 convs,
     ``groups=4`` by default (4-channel groups on the k/2 = 16-channel outputs), widths unchanged.
 
-Measured cost (224x224, 1000 classes, ``torch.utils.flop_counter``; BFLOPs = 2 x MACs / 1e9;
-delta = BFLOPs vs PeleeNet):
+Measured cost of every variant against the paper: ``docs/fidelity.md`` (regenerate with
+``python -m csp_ablate.profile fidelity=true``).
 
-=============  =====  ======  ======  =======  =========
-model          γ      fusion  params  BFLOPs   delta
-=============  =====  ======  ======  =======  =========
-peleenet       --     --      2.802M  1.016     +0.0 %
-speleenet      --     --      2.402M  0.903    -11.1 %
-peleenext      --     --      2.534M  0.806    -20.6 %
-csppeleenet    any    none    2.802M  1.016     +0.0 %
-csppeleenet    0.25   csp     3.229M  1.012     -0.4 %
-csppeleenet    0.50   csp     2.856M  0.892    -12.1 %
-csppeleenet    0.75   csp     2.527M  0.784    -22.8 %
-csppeleenet    0.25   first   2.629M  0.731    -28.0 %
-csppeleenet    0.50   first   2.457M  0.678    -33.2 %
-csppeleenet    0.75   first   2.284M  0.625    -38.4 %
-csppeleenet    0.25   last    2.386M  0.886    -12.8 %
-csppeleenet    0.50   last    2.014M  0.767    -24.5 %
-csppeleenet    0.75   last    1.684M  0.658    -35.2 %
-=============  =====  ======  ======  =======  =========
-
-(Regenerate with :func:`cost_table`.) Paper: PeleeNet 2.79M / 1.017,
-SparsePeleeNet 2.39M / 0.904, CSP γ=0.5 2.83M / 0.888 (−13 %); γ=0.25 CSP −3 %; γ=0.25 last
-−11 %; the "−21 %" fusion-last row is γ=0.5 (−24.5 % here; γ=0.25 gives −12.8 %, γ=0.75
-−35.2 %). These residuals come from one rule set and are part of the result.
-
-Feature taps (``features_only``): index 0 = stem (32 ch, stride 4), 1-4 = stage outputs
-(128/256/512/704 ch at strides 8/16/32/32). Default ``out_indices=(1, 2, 3, 4)``; a detector
-that wants strides 8, 16, 32 uses ``out_indices=(1, 2, 4)``.
+Feature taps (``features_only``, ``forward_intermediates``): index i = stage i's output BEFORE
+its 2x2 pool, as timm's DenseNet taps each dense block before its transition's pool: 128/256/
+512/704 channels at strides 4/8/16/32 (strictly increasing; the stem, also at stride 4, is no
+tap). For ``none``/``last`` the tap is the (partial) transition's output concatenated with the
+bypass; for ``csp``/``first`` the final transition runs after the pool, so the tap is the
+concatenation it reads (same width). The last stage has no pool: its tap is the stage output.
+``features_only`` wraps the model with timm's ``FeatureGetterNet`` (``forward_intermediates``).
+A detector that wants strides 8, 16, 32 uses ``out_indices=(1, 2, 3)``: stage 3's 512 channels
+at stride 16 instead of the pooled 256 of stage 2.
 """
 
-from __future__ import annotations
-
 import numbers
-from collections.abc import Sequence
+from typing import List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -97,7 +78,7 @@ from csp_ablate.models.layers import (
     get_act_layer,
 )
 
-__all__ = ["PeleeNet", "PeleeStage", "FUSIONS", "split_channels", "check_gamma", "check_fusion", "cost_table"]
+__all__ = ["PeleeNet", "PeleeStage", "FUSIONS", "split_channels", "check_gamma", "check_fusion"]
 
 FUSIONS: tuple[str, ...] = ("none", "csp", "first", "last")
 CONNECTIVITY: tuple[str, ...] = ("dense", "sparse")
@@ -124,7 +105,8 @@ class PeleeStage(nn.Module):
     """One (partial) dense stage: see the module docstring for the fusion rules.
 
     Layout: ``blocks`` -> ``transition_pre`` (full resolution) -> concat bypass -> ``pool`` ->
-    ``transition_post`` (half resolution). Unused parts are ``nn.Identity``.
+    ``transition_post`` (half resolution). Unused parts are ``nn.Identity``. :meth:`forward_pre`
+    runs up to the pool (the feature tap), :meth:`forward_post` the pool and what follows.
     """
 
     def __init__(
@@ -138,7 +120,7 @@ class PeleeStage(nn.Module):
         downsample: bool = True,
         connectivity: str = "dense",
         groups: int = 1,
-        act_layer: type[nn.Module] | None = None,
+        act_layer: Optional[Type[nn.Module]] = None,
     ) -> None:
         super().__init__()
         act_layer = act_layer or get_act_layer(DEFAULT_ACTIVATION)
@@ -162,13 +144,19 @@ class PeleeStage(nn.Module):
         )
         self.in_chs = in_chs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bypass_chs:
-            bypass, x = x.split([self.bypass_chs, self.dense_chs], dim=1)
-            x = torch.cat([self.transition_pre(self.blocks(x)), bypass], dim=1)
-        else:
-            x = self.transition_pre(self.blocks(x))
+    def forward_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense path, partial transition and bypass merge, at the stage's input resolution."""
+        if self.bypass_chs > 0:
+            parts = torch.split(x, [self.bypass_chs, self.dense_chs], dim=1)
+            return torch.cat([self.transition_pre(self.blocks(parts[1])), parts[0]], dim=1)
+        return self.transition_pre(self.blocks(x))
+
+    def forward_post(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2x2 pool (stages 1-3) and the final transition (``csp``/``first``)."""
         return self.transition_post(self.pool(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_post(self.forward_pre(x))
 
 
 class PeleeNet(nn.Module):
@@ -214,8 +202,7 @@ class PeleeNet(nn.Module):
         self.grad_checkpointing = False
 
         self.stem = StemBlock(in_chans, stem_chs, act_layer)
-        self.feature_info = [dict(num_chs=stem_chs, reduction=4, module="stem")]
-        stages, chs, reduction = [], stem_chs, 4
+        stages, feature_info, chs, reduction = [], [], stem_chs, 4
         for i, (num_layers, bw) in enumerate(zip(block_config, bottleneck_width)):
             downsample = i < len(block_config) - 1
             stage = PeleeStage(
@@ -223,8 +210,9 @@ class PeleeNet(nn.Module):
             )
             stages.append(stage)
             chs = stage.out_chs
+            feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"stages.{i}"))  # before its pool
             reduction *= 2 if downsample else 1
-            self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"stages.{i}"))
+        self.feature_info = feature_info
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = chs
@@ -256,7 +244,7 @@ class PeleeNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
@@ -275,34 +263,43 @@ class PeleeNet(nn.Module):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: int | list[int] | None = None,
+        indices: Optional[Union[int, List[int]]] = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ):
-        """Features at ``feature_info`` taps (0 = stem, 1-4 = stages); timm's signature."""
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features at the ``feature_info`` taps (stage i before its pool); timm's signature.
+
+        ``indices``: how many of the last taps (an int) or which taps (a list); all by default.
+        """
         assert output_fmt == "NCHW", "Output shape must be NCHW."
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
+        intermediates: List[torch.Tensor] = []
         x = self.stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        stages = self.stages[:max_index] if stop_early else self.stages
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
+        last = max_index if stop_early or intermediates_only else len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            if i > last:
+                break
+            x = stage.forward_pre(x)
             if i in take_indices:
                 intermediates.append(x)
+            if i == last and last < len(self.stages) - 1:
+                break  # nothing after this tap is needed: the pool of a truncated model is skipped
+            x = stage.forward_post(x)
         if intermediates_only:
             return intermediates
         return x, intermediates
 
     def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the stages after the last tap in ``indices`` (and the head); returns the taps."""
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        self.stages = self.stages[:max_index]
+        self.stages = self.stages[: max_index + 1]
         if max_index < len(self.feature_info) - 1:
+            last = self.stages[max_index]  # its tap sits before the pool: pool and final transition go
+            last.pool, last.transition_post = nn.Identity(), nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             prune_head = True
         if prune_head:
@@ -331,7 +328,7 @@ def _cfg(**kwargs) -> dict:
 
 default_cfgs = {name: _cfg() for name in ("peleenet", "csppeleenet", "speleenet", "peleenext")}
 
-DEFAULT_OUT_INDICES = (1, 2, 3, 4)
+DEFAULT_OUT_INDICES = (0, 1, 2, 3)
 
 
 def _create(variant: str, pretrained: bool, allowed_axes: set[str], fixed: dict, **kwargs) -> PeleeNet:
@@ -349,7 +346,7 @@ def _create(variant: str, pretrained: bool, allowed_axes: set[str], fixed: dict,
         PeleeNet,
         variant,
         False,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **fixed,
         **kwargs,
     )
@@ -380,23 +377,3 @@ def speleenet(pretrained: bool = False, **kwargs) -> PeleeNet:
 def peleenext(pretrained: bool = False, groups: int = 4, **kwargs) -> PeleeNet:
     """PeleeNeXt: PeleeNet with group convolution (default 4 groups) in the dense layers' 3x3 convs."""
     return _create("peleenext", pretrained, {"groups"}, dict(fusion="none", groups=groups), **kwargs)
-
-
-def cost_table(img_size: int = 224, num_classes: int = 1000) -> list[dict]:
-    """Params (M) / BFLOPs / delta vs PeleeNet of every Table 1 variant (the docstring table)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    rows = [("peleenet", None, None), ("speleenet", None, None), ("peleenext", None, None)]
-    rows += [("csppeleenet", g, f) for f in FUSIONS for g in (0.25, 0.5, 0.75)]
-    out, base = [], None
-    for name, gamma, fusion in rows:
-        kw = {} if gamma is None else dict(gamma=gamma, fusion=fusion)
-        model = globals()[name](num_classes=num_classes, **kw).eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, 3, img_size, img_size))
-        bflops = counter.get_total_flops() / 1e9
-        base = bflops if base is None else base
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        out.append(dict(model=name, gamma=gamma, fusion=fusion, params_m=params, bflops=bflops,
-                        delta_pct=100 * (bflops / base - 1)))
-    return out

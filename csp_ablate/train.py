@@ -363,9 +363,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                 trainer.validate(task, datamodule=data, verbose=False)
             record["val_top1"] = _metric(trainer, "val/top1")
             n_val = _metric(trainer, "val/n")
-            (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
-            record["top1"] = round(float(test_metrics["test/top1"]), 4)
+            test_metrics = (trainer.test(task, datamodule=data, verbose=False) or [{}])[0]  # [] for 0 batches
             n_test = int(test_metrics.get("test/n", 0))
+            record["top1"] = round(float(test_metrics["test/top1"]), 4) if n_test else None
         eval_time = round(time.perf_counter() - eval_start, 2)  # the final evaluation, after fit
         if n_test < 1:
             split = "val" if detection else "test"

@@ -71,7 +71,7 @@ def displace_foreign_record(out_dir: Path, chash: str, seed: int) -> Path | None
     if not isinstance(rec, dict):  # malformed or not an object: out of the way, kept for a look
         target = path.with_name(path.name + ".malformed")
         os.replace(path, target)
-        log.warning("job dir %s held a file that is not a record: set aside as %s", out_dir, target.name)
+        log.info("set aside %s as %s (not a record; warned by the launcher)", path, target.name)
         return target
     if rec.get("status") != "completed" or (rec.get("config_hash"), rec.get("seed")) == (chash, seed):
         return None

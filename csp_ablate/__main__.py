@@ -173,7 +173,13 @@ def _job_failed(cfg: DictConfig, err: Exception, multirun: bool) -> dict[str, An
     sys.exit(2 if config_error else 1)
 
 
-if __name__ == "__main__":
-    from csp_ablate.cli import run as _run_cli
+def cli_main() -> None:
+    """``python -m csp_ablate`` and the ``csp-ablate`` script: :func:`main` behind
+    :func:`csp_ablate.cli.run` (concise errors, exit codes, Ctrl-C)."""
+    from csp_ablate.cli import run as run_cli
 
-    _run_cli(main)
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -143,7 +143,11 @@ def _job_num() -> int | None:
     """The multirun job number (its dir's name), for the launcher's list of failed jobs."""
     from hydra.core.hydra_config import HydraConfig
 
-    return HydraConfig.get().job.num if HydraConfig.initialized() else None
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return None
+    return OmegaConf.select(HydraConfig.get(), "job.num", default=None, throw_on_missing=False)
 
 
 def _job_failed(cfg: DictConfig, err: Exception, multirun: bool) -> dict[str, Any]:

@@ -186,7 +186,8 @@ def run(hydra_main: Callable[[], Any], argv: Sequence[str] | None = None) -> Non
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        precheck(argv)
+        if callbacks._is_rank_zero():  # a DDP rank > 0 runs the command its rank 0 already checked
+            precheck(argv)
     except ConfigError as err:
         error_exit(str(err), 2)
     _install_concise_errors()

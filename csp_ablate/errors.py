@@ -58,3 +58,15 @@ def describe_failure(err: BaseException, path: object = None) -> str:
             return f"disk full at {path} ({free // 2**20} MiB free): {type(err).__name__}: {text}"
         return f"write failed at {path}: {type(err).__name__}: {text}"
     return f"{type(err).__name__}: {text}"
+
+
+def raised_by_checkpoint_load(err: BaseException) -> bool:
+    """True when ``err`` was raised while loading a checkpoint (Lightning's restore or
+    ``torch.load``): a corrupt file, named as such, not a bug."""
+    tb = err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if name.endswith(("checkpoint_connector.py", "torch/serialization.py")):
+            return True
+        tb = tb.tb_next
+    return False

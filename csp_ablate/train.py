@@ -34,7 +34,8 @@ from csp_ablate.distributed import (
     ProcessGroupScope, ShardedDataModule, configure_threads, install_hydra_relaunch, launch_rank,
     resolve_precision,
 )
-from csp_ablate.errors import ConfigError
+from csp_ablate import validate
+from csp_ablate.errors import ConfigError, raised_by_checkpoint_load
 from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
 from csp_ablate.record import base_record, now_iso, output_dir, write_record
 
@@ -171,33 +172,6 @@ def check_schedule(cfg: DictConfig) -> None:
         raise ConfigError("trainer.max_epochs=null needs trainer.max_steps > 0 (the run would never end).")
 
 
-def check_trains(cfg: DictConfig, datamodule) -> None:
-    """A training loader without one full batch (drop_last) would train zero steps: refuse it
-    before any model is built, naming the batch size and the training set's size."""
-    try:
-        loader = datamodule.train_dataloader()
-        n_batches = len(loader)
-    except TypeError:  # an iterable without a length: Lightning's own checks apply
-        return
-    if n_batches == 0:
-        n_images = len(loader.dataset) if hasattr(loader.dataset, "__len__") else "?"
-        raise ConfigError.bad_value(
-            "data.batch_size", cfg.data.get("batch_size"), f"at most the training set's {n_images} images",
-            "Incomplete batches are dropped in training, so this run would train zero steps.",
-        )
-
-
-def _raised_by_restore(err: BaseException) -> bool:
-    """True when ``err`` came from loading a checkpoint (Lightning's restore or torch.load)."""
-    tb = err.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
-        if name.endswith(("checkpoint_connector.py", "torch/serialization.py")):
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def _wandb(logger):
     return logger if type(logger).__name__ == "WandbLogger" else None
 
@@ -259,7 +233,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     logger = None
     try:
         datamodule.setup("fit")
-        check_trains(cfg, datamodule)
+        validate.check_trains(cfg, datamodule)
         model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0: no cost count
 
         record.update(cost)
@@ -337,19 +311,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         try:
             trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         except Exception as err:
-            if resume is not None and _raised_by_restore(err):
+            if resume is not None and raised_by_checkpoint_load(err):
                 raise ConfigError(
                     f"Cannot resume from {resume}: the checkpoint is corrupt (it passed the quick check, "
                     f"then Lightning's restore failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}). "
                     f"Delete it, or relaunch with checkpoint.resume=false to start over."
                 ) from err
             raise
-        if trainer.global_step == 0:
-            raise ConfigError(
-                f"The run trained zero steps (trainer.max_epochs={cfg.trainer.get('max_epochs')}, "
-                f"trainer.max_steps={cfg.trainer.get('max_steps')}, data.batch_size={cfg.data.get('batch_size')}): "
-                f"an untrained model is not a result. Allowed: a schedule and batch size that train at least one step."
-            )
+        validate.check_trained(cfg, trainer.global_step)
         record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
         eval_start = time.perf_counter()
         if detection:  # COCO has no labelled test split: the record's AP is the final val AP
@@ -367,13 +336,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             n_test = int(test_metrics.get("test/n", 0))
             record["top1"] = round(float(test_metrics["test/top1"]), 4) if n_test else None
         eval_time = round(time.perf_counter() - eval_start, 2)  # the final evaluation, after fit
-        if n_test < 1:
-            split = "val" if detection else "test"
-            raise ConfigError(
-                f"The run evaluated zero {split} images (data.eval_subset={cfg.data.get('eval_subset')}, "
-                f"trainer.limit_{split}_batches={cfg.trainer.get(f'limit_{split}_batches')}): its "
-                f"{'AP' if detection else 'top-1'} would be meaningless. Allowed: at least one {split} image."
-            )
+        validate.check_evaluated(cfg, n_test, "val" if detection else "test")
         if not trainer.is_global_zero:
             return record  # ranks > 0 trained and evaluated their share; rank 0 reports
         if cfg.profile.fps and detection:  # whole detector (forward + decode + NMS) at the paper's input

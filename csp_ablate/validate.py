@@ -132,3 +132,41 @@ def _check_batch_fits(data: DictConfig) -> None:
             "data.batch_size", batch, f"at most the training set's {n_train} images",
             "Incomplete batches are dropped in training, so this run would train zero steps.",
         )
+
+
+# ---- checks that need the data or the finished fit (called by train.run) ----------------------
+def check_trains(cfg: DictConfig, datamodule) -> None:
+    """A training loader without one full batch (drop_last) would train zero steps: refuse it
+    before any model is built, naming the batch size and the training set's size."""
+    try:
+        loader = datamodule.train_dataloader()
+        n_batches = len(loader)
+    except TypeError:  # an iterable without a length: Lightning's own checks apply
+        return
+    if n_batches == 0:
+        n_images = len(loader.dataset) if hasattr(loader.dataset, "__len__") else "?"
+        raise ConfigError.bad_value(
+            "data.batch_size", cfg.data.get("batch_size"), f"at most the training set's {n_images} images",
+            "Incomplete batches are dropped in training, so this run would train zero steps.",
+        )
+
+
+def check_trained(cfg: DictConfig, global_step: int) -> None:
+    """An untrained model is not a result: zero optimizer steps after fit is an error."""
+    if global_step == 0:
+        raise ConfigError(
+            f"The run trained zero steps (trainer.max_epochs={cfg.trainer.get('max_epochs')}, "
+            f"trainer.max_steps={cfg.trainer.get('max_steps')}, trainer.limit_train_batches="
+            f"{cfg.trainer.get('limit_train_batches')}, data.batch_size={cfg.data.get('batch_size')}): an "
+            "untrained model is not a result. Allowed: a schedule and batch size that train at least one step."
+        )
+
+
+def check_evaluated(cfg: DictConfig, n_images: int, split: str) -> None:
+    """A metric over zero images is meaningless: the final evaluation must see at least one."""
+    if n_images < 1:
+        raise ConfigError(
+            f"The run evaluated zero {split} images (data.eval_subset={cfg.data.get('eval_subset')}, "
+            f"trainer.limit_{split}_batches={cfg.trainer.get(f'limit_{split}_batches')}): its metric would "
+            f"be meaningless. Allowed: at least one {split} image."
+        )

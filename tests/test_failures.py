@@ -289,7 +289,7 @@ def test_corrupt_checkpoint_is_recognised_as_a_restore_failure(tmp_path):
 
     import torch
 
-    from csp_ablate.train import _raised_by_restore
+    from csp_ablate.errors import raised_by_checkpoint_load as _raised_by_restore
 
     path = tmp_path / "last.ckpt"
     torch.save({"w": torch.arange(200000, dtype=torch.float32)}, path)
@@ -310,7 +310,7 @@ def test_zero_step_training_is_refused_up_front():
     from omegaconf import OmegaConf
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-    from csp_ablate.train import check_trains
+    from csp_ablate.validate import check_trains
 
     dataset = list(range(10))
     loader = DataLoader(dataset, sampler=BatchSampler(SequentialSampler(dataset), 64, drop_last=True), batch_size=None)

@@ -142,7 +142,6 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 def _job_num() -> int | None:
     """The multirun job number (its dir's name), for the launcher's list of failed jobs."""
     from hydra.core.hydra_config import HydraConfig
-
     from omegaconf import OmegaConf
 
     if not HydraConfig.initialized():
@@ -159,7 +158,8 @@ def _job_failed(cfg: DictConfig, err: Exception, multirun: bool) -> dict[str, An
     config_error = isinstance(err, ConfigError)
     message = str(err) if config_error else describe_failure(err, output_dir(cfg))
     path = write_failed_record(cfg, err, message=message) if _is_rank_zero() else None
-    where = f"recorded as failed: {path}" if path else "no failed record could be written"
+    where = (f"recorded as failed: {path}" if path else
+             "no failed record written (a completed record there is kept, or no dir could take it)")
     if multirun:
         if config_error:
             log.error("job failed: %s (%s)", message, where)

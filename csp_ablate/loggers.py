@@ -109,8 +109,9 @@ def _warn_offline_once(url: str, why: str) -> None:
 
 def axis_tags(record: dict[str, Any]) -> list[str]:
     """W&B tags from the axes' values, e.g. ``fusion:last`` (filterable in the UI)."""
-    keys = ("model", "gamma", "fusion", "activation", "neck", "extras", "tier", "dataset", "seed")
-    return [f"{k}:{record[k]}" for k in keys if record.get(k) not in (None, "")]
+    from csp_ablate.axes import TAG_AXES
+
+    return [f"{k}:{record[k]}" for k in TAG_AXES if record.get(k) not in (None, "")]
 
 
 def _wandb_init_kwargs(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:

@@ -112,3 +112,16 @@ def test_wandb_offline_run_holds_summary(tmp_path, data_override):
     assert run["config"]["model"]["name"] == "csppeleenet"
     assert any("train/loss" in row for row in run["history"])
     assert rec["wandb_dir"] and str(run_dir) == rec["wandb_dir"]
+
+
+@pytest.mark.slow
+def test_wandb_key_without_network_finishes_offline(tmp_path, data_override):
+    """A (fake) API key and no reachable server (loopback discard port): one warning, offline run."""
+    from csp_ablate.wandb_offline import find_offline_runs
+
+    env = {"WANDB_API_KEY": "f" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""}
+    proc = run_cli("tier=smoke", "logger=wandb", f"hydra.run.dir={tmp_path}", *data_override, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("W&B server http://127.0.0.1:9 unreachable") == 1 and "Traceback" not in out
+    assert _record(tmp_path)["status"] == "completed" and find_offline_runs(tmp_path)

@@ -119,8 +119,13 @@ def test_wandb_key_without_network_finishes_offline(tmp_path, data_override):
     """A (fake) API key and no reachable server (loopback discard port): one warning, offline run."""
     from csp_ablate.wandb_offline import find_offline_runs
 
-    env = {"WANDB_API_KEY": "f" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""}
-    proc = run_cli("tier=smoke", "logger=wandb", f"hydra.run.dir={tmp_path}", *data_override, env=env, timeout=300)
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "HYDRA_FULL_ERROR")}
+    env.update(WANDB_API_KEY="f" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")
+    proc = subprocess.run([sys.executable, "-m", "csp_ablate", "tier=smoke", "logger=wandb", f"hydra.run.dir={tmp_path}",
+                           *data_override], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert out.count("W&B server http://127.0.0.1:9 unreachable") == 1 and "Traceback" not in out

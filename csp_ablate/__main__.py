@@ -52,6 +52,8 @@ def find_completed(sweep_dir: Path, chash: str, seed: int) -> Path | None:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # unreadable: not a finished record
+        if not isinstance(rec, dict):
+            continue  # `[]`, `null`, a number: not a record (warned once by the callback)
         if rec.get("status") == "completed" and rec.get("config_hash") == chash and rec.get("seed") == seed:
             return path
     return None
@@ -62,8 +64,15 @@ def displace_foreign_record(out_dir: Path, chash: str, seed: int) -> Path | None
     path = Path(out_dir) / "record.json"
     try:
         rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except OSError:
         return None
+    except ValueError:
+        rec = None
+    if not isinstance(rec, dict):  # malformed or not an object: out of the way, kept for a look
+        target = path.with_name(path.name + ".malformed")
+        os.replace(path, target)
+        log.info("set aside %s as %s (not a record; warned by the launcher)", path, target.name)
+        return target
     if rec.get("status") != "completed" or (rec.get("config_hash"), rec.get("seed")) == (chash, seed):
         return None
     name = rec.get("run_id") or f"{rec.get('config_hash')}-s{rec.get('seed')}"
@@ -102,45 +111,83 @@ def _is_rank_zero() -> bool:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    """Run one job; a multirun calls this once per grid point."""
-    from csp_ablate.record import is_multirun
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job; a multirun calls this once per grid point.
+
+    Returns the job's outcome (status, record path, error), which :mod:`csp_ablate.cli` reads
+    after a multirun for the exit code. A bad config exits 2 in a single run; a run fault the
+    user can fix (disk full, unwritable dir, corrupt checkpoint) exits 1 with one line; a bug
+    keeps its traceback. In a multirun every failure is recorded and the sweep goes on.
+    """
+    from csp_ablate.record import RECORD_FILE, is_multirun, output_dir
     from csp_ablate.validate import validate_config
 
     control = pop_job_control(cfg)
+    multirun = is_multirun()
     try:
         validate_config(cfg)
-        if is_multirun():
+        if multirun:
             done = skip_if_done(cfg, force=bool(control["force"]))
             if done is not None:
-                return done.get("top1")
+                return {"status": "skipped", "top1": done.get("top1"), "record": None, "num": _job_num()}
         from csp_ablate.train import run  # heavy imports happen here, not at start-up
 
         record = run(cfg)
-    except ConfigError as err:
-        from csp_ablate.record import write_failed_record
-
-        if _is_rank_zero():
-            write_failed_record(cfg, err)
-        print(f"csp_ablate: error: {err}", file=sys.stderr)
-        if is_multirun():
-            return None  # the sweep goes on; the record marks the gap
-        sys.exit(2)
-    except Exception as err:  # a crash (NaN loss, OOM, bug): keep the evidence, isolate the job
-        from csp_ablate.record import write_failed_record
-
-        if _is_rank_zero():
-            write_failed_record(cfg, err)
-        if is_multirun():
-            log.exception("job failed; recorded as status=failed, the sweep goes on")
-            return None
-        raise
-    return record.get("top1")
+    except Exception as err:  # a bad config or a crash (NaN loss, OOM, bug): keep the evidence
+        return _job_failed(cfg, err, multirun)
+    return {"status": "completed", "top1": record.get("top1"), "record": str(output_dir(cfg) / RECORD_FILE),
+            "num": _job_num()}
 
 
-if __name__ == "__main__":
+def _job_num() -> int | None:
+    """The multirun job number (its dir's name), for the launcher's list of failed jobs."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return None
+    return OmegaConf.select(HydraConfig.get(), "job.num", default=None, throw_on_missing=False)
+
+
+def _job_failed(cfg: DictConfig, err: Exception, multirun: bool) -> dict[str, Any]:
+    """Record the failure (never over a completed record) and report it as :func:`main` says."""
+    from csp_ablate.cli import full_error
+    from csp_ablate.errors import describe_failure
+    from csp_ablate.record import output_dir, write_failed_record
+
+    config_error = isinstance(err, ConfigError)
+    message = str(err) if config_error else describe_failure(err, output_dir(cfg))
+    path = write_failed_record(cfg, err, message=message) if _is_rank_zero() else None
+    where = (f"recorded as failed: {path}" if path else
+             "no failed record written (a completed record there is kept, or no dir could take it)")
+    if multirun:
+        if config_error:
+            log.error("job failed: %s (%s)", message, where)
+        else:
+            log.exception("job failed: %s; %s, the sweep goes on", message, where)
+        return {"status": "failed", "error": message, "record": str(path) if path else None,
+                "config_error": config_error, "num": _job_num()}
+    if full_error():
+        raise err
+    user_fault = config_error or not message.startswith(f"{type(err).__name__}: ")
+    if not user_fault:
+        raise err  # a bug: the traceback is the evidence
+    print(f"csp_ablate: error: {message}", file=sys.stderr)
+    print(f"csp_ablate: {where}", file=sys.stderr, flush=True)
+    sys.exit(2 if config_error else 1)
+
+
+def cli_main() -> None:
+    """``python -m csp_ablate`` and the ``csp-ablate`` script: :func:`main` behind
+    :func:`csp_ablate.cli.run` (concise errors, exit codes, Ctrl-C)."""
     if "seeds=auto" in sys.argv[1:]:  # seed planning (csp_ablate.plan) launches the multiruns itself
         from csp_ablate.plan import main as plan_main
 
         sys.exit(plan_main(sys.argv[1:]))
-    main()
+    from csp_ablate.cli import run as run_cli
+
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,14 +1,20 @@
 """Experiment loggers: W&B (default), CSV or none, chosen by the ``logger`` config group.
 
 W&B must never prompt or hang on a machine without network: ``mode=auto`` resolves to
-``online`` only when an API key is configured, else ``offline`` (the run lands in
-``<run dir>/wandb/offline-run-*`` and can be pushed later with ``wandb sync``).
+``online`` only when an API key is configured and the server answers a TCP connect within
+:data:`PROBE_TIMEOUT_S`, else ``offline`` (one warning line; the run lands in
+``<run dir>/wandb/offline-run-*`` and can be pushed later with ``wandb sync``). An explicit
+``mode=online`` with an unreachable server fails at once instead of stalling ~90 s in
+``wandb.init``. Offline and disabled modes make no network call at all.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import netrc
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,41 @@ from omegaconf import DictConfig, OmegaConf
 from csp_ablate.errors import ConfigError
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+#: Seconds to wait for the W&B server (DNS + TCP connect) before deciding it is unreachable.
+PROBE_TIMEOUT_S = 5.0
+log = logging.getLogger("csp_ablate")
+
+
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
+@functools.cache
+def server_unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the W&B server at ``url`` cannot be reached (None when a TCP connect succeeds).
+
+    Runs in a daemon thread joined with a deadline, so a hanging DNS lookup cannot stall the
+    job beyond ``timeout`` + 1 s. Cached: one probe per process and URL.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "//" in url else f"https://{url}")
+    host = parts.hostname or ""
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as err:
+            result.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=probe, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return result[0] if result else f"no answer within {timeout:.0f} s"
 
 
 def has_wandb_credentials() -> bool:
@@ -35,18 +76,42 @@ def resolve_wandb_mode(mode: str) -> str:
     """``auto`` → WANDB_MODE if the user set it, else online with credentials, else offline."""
     if mode not in WANDB_MODES:
         raise ConfigError.bad_value("logger.mode", mode, WANDB_MODES)
-    if mode != "auto":
-        return mode
-    env = os.environ.get("WANDB_MODE")
-    if env in ("online", "offline", "disabled", "dryrun"):
-        return "offline" if env == "dryrun" else env
-    return "online" if has_wandb_credentials() else "offline"
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE")
+        if env in ("online", "offline", "disabled", "dryrun"):
+            mode = "offline" if env == "dryrun" else env
+            explicit = True
+        else:
+            mode, explicit = ("online" if has_wandb_credentials() else "offline"), False
+    else:
+        explicit = True
+    if mode != "online":
+        return mode  # no network call
+    url = wandb_base_url()
+    why = server_unreachable(url)
+    if why is None:
+        return "online"
+    if explicit:
+        raise ConfigError(
+            f"Invalid value for 'logger.mode': 'online', but the W&B server {url} is unreachable ({why}). "
+            f"Allowed: logger.mode=auto (falls back to offline when the server is unreachable), "
+            f"offline (push later with `wandb sync`) or disabled."
+        )
+    _warn_offline_once(url, why)
+    return "offline"
+
+
+@functools.cache
+def _warn_offline_once(url: str, why: str) -> None:
+    log.warning("W&B server %s unreachable (%s): logging offline; push later with `wandb sync <run dir>/wandb/"
+                "offline-run-*`", url, why)
 
 
 def axis_tags(record: dict[str, Any]) -> list[str]:
     """W&B tags from the axes' values, e.g. ``fusion:last`` (filterable in the UI)."""
-    keys = ("model", "gamma", "fusion", "activation", "neck", "extras", "tier", "dataset", "seed")
-    return [f"{k}:{record[k]}" for k in keys if record.get(k) not in (None, "")]
+    from csp_ablate.axes import TAG_AXES
+
+    return [f"{k}:{record[k]}" for k in TAG_AXES if record.get(k) not in (None, "")]
 
 
 def _wandb_init_kwargs(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import platform
 import subprocess
+import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -148,14 +149,21 @@ def read_record(path: Path) -> dict[str, Any]:
         return json.load(fh)
 
 
-def write_failed_record(cfg: DictConfig, err: BaseException) -> Path | None:
-    """Record a job that raised, so a sweep's report shows the gap instead of losing it."""
+def write_failed_record(cfg: DictConfig, err: BaseException, message: str | None = None) -> Path | None:
+    """Record a job that raised, so a sweep's report shows the gap instead of losing it.
+
+    ``message`` (default ``"<type>: <err>"``) is the record's ``error``. A completed record in
+    the run dir is never replaced (the caller holds the dir's lock, so nothing writes between
+    the check and the write). When the run dir cannot take the record (unwritable, disk full),
+    a multirun job records it at the sweep root, ``<sweep dir>/failed/record.<job>.json``, which
+    the report reads like any job dir's record; the path written is returned, None if none.
+    """
     try:
         rec = base_record(cfg)
     except Exception:  # the config itself may be what is broken: keep what we can
         rec = dict.fromkeys(RECORD_KEYS)
         rec.update(started_at=now_iso(), host=platform.node())
-    msg = f"{type(err).__name__}: {err}"
+    msg = message or f"{type(err).__name__}: {err}"
     rec.update(status="failed", error=msg[:2000], finished_at=now_iso())
     try:
         existing = output_dir(cfg) / RECORD_FILE
@@ -165,6 +173,27 @@ def write_failed_record(cfg: DictConfig, err: BaseException) -> Path | None:
         pass
     try:
         return write_record(cfg, rec)
-    except Exception:
-        traceback.print_exc()
+    except Exception as first:
+        fallback = _sweep_root_failed_path()
+        if fallback is None:
+            print(f"csp_ablate: could not write the failed record into {output_dir(cfg)}: {first}",
+                  file=sys.stderr, flush=True)
+            return None
+        try:
+            ordered = {key: rec.get(key) for key in RECORD_KEYS}
+            ordered["error"] = (f"{msg} [recorded at the sweep root: the job dir {output_dir(cfg)} "
+                                f"could not take it: {first}]")[:2000]
+            return write_json_atomic(fallback, ordered)
+        except Exception:
+            traceback.print_exc()
+            return None
+
+
+def _sweep_root_failed_path() -> Path | None:
+    """``<sweep dir>/failed/record.<job num>.json`` inside a multirun job, else None."""
+    if not is_multirun():
         return None
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return Path(str(hc.sweep.dir)) / "failed" / f"record.{hc.job.num}.json"

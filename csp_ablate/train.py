@@ -34,7 +34,8 @@ from csp_ablate.distributed import (
     ProcessGroupScope, ShardedDataModule, configure_threads, install_hydra_relaunch, launch_rank,
     resolve_precision,
 )
-from csp_ablate.errors import ConfigError
+from csp_ablate import validate
+from csp_ablate.errors import ConfigError, raised_by_checkpoint_load
 from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
 from csp_ablate.record import base_record, now_iso, output_dir, write_record
 
@@ -232,6 +233,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     logger = None
     try:
         datamodule.setup("fit")
+        validate.check_trains(cfg, datamodule)
         model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0: no cost count
 
         record.update(cost)
@@ -306,7 +308,17 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             )
     try:
         start = time.perf_counter()
-        trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+        try:
+            trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+        except Exception as err:
+            if resume is not None and raised_by_checkpoint_load(err):
+                raise ConfigError(
+                    f"Cannot resume from {resume}: the checkpoint is corrupt (it passed the quick check, "
+                    f"then Lightning's restore failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+                    f"Delete it, or relaunch with checkpoint.resume=false to start over."
+                ) from err
+            raise
+        validate.check_trained(cfg, trainer.global_step)
         record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
         eval_start = time.perf_counter()
         if detection:  # COCO has no labelled test split: the record's AP is the final val AP
@@ -320,10 +332,11 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                 trainer.validate(task, datamodule=data, verbose=False)
             record["val_top1"] = _metric(trainer, "val/top1")
             n_val = _metric(trainer, "val/n")
-            (test_metrics,) = trainer.test(task, datamodule=data, verbose=False)
-            record["top1"] = round(float(test_metrics["test/top1"]), 4)
+            test_metrics = (trainer.test(task, datamodule=data, verbose=False) or [{}])[0]  # [] for 0 batches
             n_test = int(test_metrics.get("test/n", 0))
+            record["top1"] = round(float(test_metrics["test/top1"]), 4) if n_test else None
         eval_time = round(time.perf_counter() - eval_start, 2)  # the final evaluation, after fit
+        validate.check_evaluated(cfg, n_test, "val" if detection else "test")
         if not trainer.is_global_zero:
             return record  # ranks > 0 trained and evaluated their share; rank 0 reports
         if cfg.profile.fps and detection:  # whole detector (forward + decode + NMS) at the paper's input

@@ -176,7 +176,8 @@ def test_failed_job_is_isolated_and_rerun_resumes_then_force_reruns(tmp_path, ti
     args = ("-m", f"data.root={tiny_fmnist},/nonexistent/fmnist", "data.val_size=200", "tier=smoke", "logger=none",
             f"hydra.sweep.dir={sweep_dir}")
     first = run_cli(*args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]  # all jobs ran, then: non-zero, naming the failed one
+    assert "job 1 failed: " in first.stderr and f"record: {sweep_dir / '1' / 'record.json'}" in first.stderr
     assert "[csp_ablate.report] adhoc: 1 completed, 1 failed" in first.stdout
     runs = pd.read_csv(sweep_dir / "runs.csv")
     assert list(runs["status"]) == ["completed", "failed"] and "/nonexistent/fmnist" in runs["error"].iloc[1]
@@ -186,14 +187,14 @@ def test_failed_job_is_isolated_and_rerun_resumes_then_force_reruns(tmp_path, ti
     done_before = records(sweep_dir)[0]
 
     second = run_cli(*args)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]
     assert count_lines(second.stdout, "[csp_ablate] skipped:") == 1
     assert count_lines(second.stdout, "[csp_ablate] completed:") == 0
     assert records(sweep_dir)[0] == done_before  # untouched, not rerun
     assert records(sweep_dir)[1]["status"] == "failed"  # retried (and failed again)
 
     forced = run_cli(*args, "force=true")
-    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert forced.returncode == 1, forced.stderr[-3000:]
     assert count_lines(forced.stdout, "[csp_ablate] skipped:") == 0
     assert count_lines(forced.stdout, "[csp_ablate] completed:") == 1
     assert records(sweep_dir)[0]["started_at"] >= done_before["finished_at"]
@@ -236,6 +237,45 @@ def _reap_group(proc: subprocess.Popen) -> None:
             break
         time.sleep(0.1)
     proc.wait(timeout=60)
+
+
+def test_multirun_exits_non_zero_after_all_jobs_and_foreign_record_never_blocks(tmp_path, data_override):
+    """A job dir holding `[]` (not a record) and a grid with one bad value: every job runs, the
+    foreign file is set aside with one warning, the good job completes, the sweep exits 1 and
+    names the failed job and its record."""
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "0").mkdir(parents=True)
+    (sweep_dir / "0" / "record.json").write_text("[]")
+    proc = run_cli("-m", "gamma=0.5,1.5", "tier=smoke", "logger=none", "data.train_subset=128",
+                   f"hydra.sweep.dir={sweep_dir}", *data_override)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    done = [r for r in records(sweep_dir) if r["status"] == "completed"]
+    assert len(done) == 1 and done[0]["gamma"] == 0.5
+    assert (sweep_dir / "0" / "record.json.malformed").read_text() == "[]"
+    out = proc.stdout + proc.stderr
+    assert out.count("is not a record") == 1  # one warning line, from the launcher
+    assert "job 1 failed: Invalid value for 'gamma': 1.5" in proc.stderr
+    assert "multirun: 1 of 2 job(s) failed" in proc.stderr and "Traceback" not in out
+    assert "1 completed, 1 failed" in proc.stdout
+
+
+def test_ctrl_c_in_the_launcher_is_one_line(tmp_path, data_override):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "csp_ablate", "-m", "seed=0,1", "tier=smoke", "logger=none",
+                             f"hydra.sweep.dir={sweep_dir}", *data_override], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep_dir / "0" / ".hydra").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        out, err = proc.communicate(timeout=120)
+    finally:
+        _reap_group(proc)
+    assert proc.returncode != 0 and "Traceback" not in out + err, err[-2000:]
+    assert len(err.strip().splitlines()) <= 2, err
 
 
 @pytest.mark.parametrize("launcher", [

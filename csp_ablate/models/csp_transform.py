@@ -65,7 +65,8 @@ __all__ = ["CSP_BASES", "SPLITS", "CrossStagePartial", "build_csp_stage", "csp_t
 
 #: timm backbones with a registered ``csp_<name>`` wrapper (any ResNet/ResNeXt with bottleneck
 #: blocks, DenseNet or DarkNet built by timm can be passed to :func:`csp_transform` directly).
-CSP_BASES: tuple[str, ...] = ("densenet121", "resnet50", "resnext50_32x4d", "darknet53")
+# the bases are an axis value (``model=<base> gamma=... fusion=...``): one torch-free list in axes
+from csp_ablate.axes import CSP_BASES  # noqa: E402
 SPLITS: tuple[str, ...] = ("slice", "conv")
 
 Conv1x1 = Callable[[int, int], nn.Module]

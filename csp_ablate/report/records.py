@@ -37,19 +37,58 @@ def _job_key(name: str) -> tuple:
     return (0, int(name), "") if re.fullmatch(r"\d+", name) else (1, 0, name)
 
 
-def read_records(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every readable record; an unreadable file is logged and skipped, never fatal."""
+#: Record keys that must hold a number (or null): anything else would break the tables midway.
+NUMERIC_KEYS = (
+    "seed", "gamma", "img_size", "epochs", "params_m", "bflops", "bflops_train", "cio_m", "fps",
+    "fps_batch", "train_time_s", "top1", "val_top1", "ap", "ap50", "steps", "resumed_from_step",
+)
+#: Keys that must hold a string (or null).
+TEXT_KEYS = ("status", "config_hash", "run_id", "model", "fusion", "task")
+
+
+def check_record(rec: object) -> str | None:
+    """Why ``rec`` is not a usable record (one sentence naming key, value, expected), else None."""
+    if not isinstance(rec, dict):
+        return f"not a record object but {type(rec).__name__} {json.dumps(rec)[:60]}"
+    for key in NUMERIC_KEYS:
+        value = rec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"'{key}' is {value!r}; expected a number or null"
+    for key in TEXT_KEYS:
+        value = rec.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"'{key}' is {value!r}; expected a string or null"
+    return None
+
+
+def read_records(sweep_dir: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every valid record. A file that is not one (bad JSON, ``[]``, ``null``, a value of the
+    wrong type) is skipped with one warning, never fatal, and its message appended to
+    ``problems``: the report covers the rest and never stops halfway through its files."""
     out = []
+    for path, rec, why in scan_records(sweep_dir):
+        if why is not None:
+            line = f"skipping {path}: {why}"
+            log.warning(line)
+            if problems is not None:
+                problems.append(line)
+            continue
+        rec["_path"] = str(path.relative_to(sweep_dir))
+        out.append(rec)
+    return out
+
+
+def scan_records(sweep_dir: Path) -> list[tuple[Path, Any, str | None]]:
+    """(path, parsed content, why it is not a usable record or None) for every record file."""
+    found = []
     for path in record_files(sweep_dir):
         try:
             rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable record %s: %s", path, err)
+        except (OSError, ValueError) as err:
+            found.append((path, None, f"unreadable ({type(err).__name__}: {err})"))
             continue
-        if isinstance(rec, dict):
-            rec["_path"] = str(path.relative_to(sweep_dir))
-            out.append(rec)
-    return out
+        found.append((path, rec, check_record(rec)))
+    return found
 
 
 def runs_frame(sweep_dir: Path) -> pd.DataFrame:

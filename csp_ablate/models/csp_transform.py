@@ -58,15 +58,15 @@ from timm.layers import BatchNormAct2d, ConvNormAct
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
+# CSP_BASES: timm backbones with a registered ``csp_<name>`` wrapper (any ResNet/ResNeXt with
+# bottleneck blocks, DenseNet or DarkNet built by timm can be passed to csp_transform directly);
+# an axis value (``model=<base> gamma=... fusion=...``), so its one list is the torch-free axes'.
+from csp_ablate.axes import CSP_BASES
 from csp_ablate.errors import ConfigError
 from csp_ablate.models.peleenet import check_fusion, check_gamma, split_channels
 
 __all__ = ["CSP_BASES", "SPLITS", "CrossStagePartial", "build_csp_stage", "csp_transform", "csp_name"]
 
-#: timm backbones with a registered ``csp_<name>`` wrapper (any ResNet/ResNeXt with bottleneck
-#: blocks, DenseNet or DarkNet built by timm can be passed to :func:`csp_transform` directly).
-# the bases are an axis value (``model=<base> gamma=... fusion=...``): one torch-free list in axes
-from csp_ablate.axes import CSP_BASES  # noqa: E402
 SPLITS: tuple[str, ...] = ("slice", "conv")
 
 Conv1x1 = Callable[[int, int], nn.Module]

@@ -337,17 +337,17 @@ def test_bf16_falls_back_to_fp16_on_gpus_without_bf16(compose, monkeypatch):
 
 
 def test_threads_per_process(compose, monkeypatch):
-    from csp_ablate import distributed
+    from csp_ablate import threads
 
-    monkeypatch.setattr(distributed, "available_cpus", lambda: 16)
-    assert distributed.resolve_threads(compose("threads=3")) == 3
-    assert distributed.resolve_threads(compose()) is None  # one process: torch's default
+    monkeypatch.setattr(threads, "available_cpus", lambda: 16)
+    assert threads.resolve_threads(compose("threads=3")) == 3
+    assert threads.resolve_threads(compose()) == 16  # one process: all cores, a number (identity)
     ddp = compose("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=4")
-    assert distributed.resolve_threads(ddp) == 4
-    monkeypatch.setattr(distributed, "parallel_jobs", lambda: 2)
-    assert distributed.resolve_threads(compose()) == 8
+    assert threads.resolve_threads(ddp) == 4
+    monkeypatch.setattr(threads, "parallel_jobs", lambda: 2)
+    assert threads.resolve_threads(compose()) == 8
     with pytest.raises(ConfigError, match="threads"):
-        distributed.resolve_threads(compose("threads=0"))
+        threads.resolve_threads(compose("threads=0"))
 
 
 # ---- multi-process (slow) --------------------------------------------------------------------

@@ -72,7 +72,10 @@ def group_provenance(runs: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
         n=("dirty", "size"), n_dirty=("dirty", "sum"), n_mixed=("mixed_sha", "sum"),
         commits=("shas", lambda s: "+".join(sorted({c for x in s for c in x.split("+") if c}))),
     ).reset_index()
-    out["mixed_sha"] = (out["n_mixed"] > 0) | out["commits"].str.contains(r"\+", regex=True)
+    # a record trained by launches of different commits; seeds of one row run at different
+    # commits are shown (n_commits) but are each reproducible, so they are not "mixed"
+    out["mixed_sha"] = out["n_mixed"] > 0
+    out["n_commits"] = out["commits"].map(lambda c: len(c.split("+")) if c else 0)
     out["provenance"] = [
         "+".join(w for w, on in (("dirty", d > 0), ("mixed-sha", m)) if on) or "clean"
         for d, m in zip(out["n_dirty"], out["mixed_sha"])
@@ -105,3 +108,16 @@ def launches_as_json(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     cell = runs["launches"].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, list) else v)
     return runs.assign(launches=cell)
+
+
+def provenance_table(runs: pd.DataFrame, spec=None) -> pd.DataFrame:
+    """``provenance.csv`` of a sweep: one row per table row (or per config hash without a
+    spec), after refusing rows that would pool different experiments (:func:`check_poolable`)."""
+    if spec is not None:
+        from csp_ablate.report.tables import assign_rows
+
+        groups = assign_rows(runs, spec)
+    else:
+        groups = runs["config_hash"]
+    check_poolable(runs, groups)
+    return group_provenance(runs, groups)

@@ -83,6 +83,11 @@ def group_provenance(runs: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     return out
 
 
+def _text(value: Any) -> str:
+    """A cell as text; 2.0 (an int column with gaps) reads as 2."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def check_poolable(runs: pd.DataFrame, groups: pd.Series, columns: tuple[str, ...] = RESULT_COLUMNS) -> None:
     """Raise :class:`PoolingError` when completed records of one group differ in a result key."""
     done = runs.assign(_group=groups.values)
@@ -90,7 +95,7 @@ def check_poolable(runs: pd.DataFrame, groups: pd.Series, columns: tuple[str, ..
     problems = []
     for group, frame in done.groupby("_group", sort=False):
         for col in (c for c in columns if c in frame):
-            values = frame[col].dropna().astype(str).unique()
+            values = frame[col].dropna().map(_text).unique()
             if len(values) > 1:
                 problems.append(f"row {group!r}: {col} = {', '.join(sorted(values))}")
                 break  # the first differing key says enough for this row

@@ -195,8 +195,12 @@ class LastCheckpoint(L.Callback):
         def on_sigint(signum, frame) -> None:
             if self.stopped_by is not None:  # second Ctrl-C: the user does not want to wait
                 raise KeyboardInterrupt
+            connector = getattr(trainer, "_signal_connector", None)  # private: guard an upgrade
+            if connector is None:
+                raise KeyboardInterrupt
             self.stopped_by = "SIGINT"
-            trainer.received_sigterm = True  # Lightning stops at the next step boundary
+            # Lightning's own SIGTERM flag: it stops at the next step boundary (all DDP ranks)
+            connector.received_sigterm = True
             log.warning("Ctrl-C: stopping at the next step boundary to save a checkpoint "
                         "(Ctrl-C again stops at once, without one)")
 

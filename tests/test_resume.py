@@ -282,9 +282,9 @@ def kill_at_step(args: list[str], run_dir: Path, sig: signal.Signals, step: int)
 
 
 @pytest.mark.parametrize("sig", [
-    signal.SIGKILL,
-    pytest.param(signal.SIGINT, marks=pytest.mark.slow),
-    pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param(signal.SIGKILL, id="SIGKILL"),
+    pytest.param(signal.SIGINT, marks=pytest.mark.slow, id="SIGINT"),
+    pytest.param(signal.SIGTERM, marks=pytest.mark.slow, id="SIGTERM"),
 ])
 def test_killed_at_a_random_step_and_relaunched_ends_bit_identical(tmp_path, data_override, uninterrupted, sig):
     """Same identity, same result, also after a kill: record metrics and final weights of the

@@ -285,7 +285,8 @@ def test_shard_loader_for_per_sample_loaders(tiny_imagefolder):
     dm = _imagefolder(tiny_imagefolder, img_size=16, batch_size=8, eval_batch_size=8, num_workers=0)
     dm.setup("fit")
     train = shard_loader(dm.train_dataloader(), 1, 2, train=True, seed=0)
-    assert train.batch_size == 4 and len(train) == 3
+    _, labels = next(iter(train))
+    assert len(labels) == 4 and len(train) == 3  # half of each seeded global batch of 8
     evals = [shard_loader(dm.val_dataloader(), r, 2, train=False, seed=0) for r in (0, 1)]
     assert sum(len(y) for loader in evals for _, y in loader) == 12
 

@@ -143,9 +143,8 @@ class CocoDetectionDataset(Dataset):
     ``keep_coco=False`` frees the pycocotools index once the per-image box arrays are built
     (train2017's dicts take GBs, and forked workers would copy them as refcounts touch pages).
 
-    ``hflip`` flips with p=0.5 drawing from ``generator`` (or torch's global RNG, which Lightning
-    seeds, and DataLoader seeds per worker). A shared ``generator`` is copied into every worker,
-    so give one only with ``num_workers=0``.
+    ``hflip`` flips with p=0.5: a training item ``(index, sample_seed)`` draws from its own seed
+    (exact resume, any ``num_workers``); a plain index from ``generator`` or torch's global RNG.
     """
 
     def __init__(
@@ -269,9 +268,7 @@ class CocoDetectionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        # training items come as (index, sample_seed) from EpochBatchSampler: the flip is then a
-        # function of (seed, epoch, position), whichever worker or launch decodes the image
-        index, sample_seed = item if isinstance(item, tuple) else (item, None)
+        index, sample_seed = item if isinstance(item, tuple) else (item, None)  # train: (i, seed)
         generator = item_generator(sample_seed) if sample_seed is not None else self.generator
         rec = self.records[index]
         img = self._cache[index] if self._cache is not None else self._decode(rec)
@@ -395,8 +392,8 @@ class CocoDataModule(ResumableTrainOrder, L.LightningDataModule):
         common = {"collate_fn": collate_detection, "num_workers": self.num_workers,
                   "persistent_workers": self.num_workers > 0, "generator": loader_generator(self.train_seed)}
         if train:  # order and flips = f(seed, epoch, position), resumable mid-epoch (data/sampling.py)
-            return DataLoader(dataset, batch_sampler=self.train_batch_sampler(len(dataset), batch_size, with_seeds=True),
-                              **common)
+            order = self.train_batch_sampler(len(dataset), batch_size, with_seeds=True)
+            return DataLoader(dataset, batch_sampler=order, **common)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:

@@ -338,3 +338,30 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(torch.load(tmp_path / "s.ckpt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_augmented_batches_do_not_depend_on_workers_or_on_a_resume(tmp_path):
+    """ImageFolder's random crop/flip come from per-item seeds: the same batches with 0 or 2
+    workers, and a mid-epoch resume sees exactly the rest of the epoch (data.num_workers is not
+    part of the identity)."""
+    from test_scale import make_imagefolder
+
+    from csp_ablate.data.imagefolder import ImageFolderDataModule
+
+    root = make_imagefolder(tmp_path / "imgs")
+
+    def batches(workers: int, resume: dict | None = None) -> list[torch.Tensor]:
+        dm = ImageFolderDataModule(root=str(root), num_classes=3, img_size=16, batch_size=4, num_workers=workers)
+        dm.seed_train_order(5)
+        dm.setup("fit")
+        if resume:
+            dm.load_state_dict({"train_order": resume})
+        loader = dm.train_dataloader()
+        loader.batch_sampler.set_epoch(1)
+        return [x for x, _ in loader]
+
+    plain = batches(0)
+    assert len(plain) >= 3
+    assert all(torch.equal(a, b) for a, b in zip(plain, batches(2), strict=True))
+    resumed = batches(0, resume={"seed": 5, "epoch": 1, "batches": 2})
+    assert all(torch.equal(a, b) for a, b in zip(plain[2:], resumed, strict=True))

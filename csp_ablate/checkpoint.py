@@ -11,7 +11,10 @@ Relaunching the same run (same output dir: ``hydra.run.dir=<dir>``, or the same 
 which is what Hydra's submitit launcher reuses when it requeues a job) resumes from
 ``last.ckpt`` with Lightning's ``ckpt_path``: weights, optimizer, LR scheduler, step counters
 and the best-checkpoint bookkeeping are restored, so the run ends at the same step count with
-the LR schedule continuing. ``checkpoint.resume``: ``auto`` (resume when ``last.ckpt``
+the LR schedule continuing. Resume is exact (bit-identical to an uninterrupted run): the train
+order is a function of (seed, epoch) whose position the datamodule saves in the checkpoint, and
+:class:`LastCheckpoint` saves and restores every RNG state (:mod:`csp_ablate.data.sampling`).
+``checkpoint.resume``: ``auto`` (resume when ``last.ckpt``
 exists), ``false`` (start over; the run's checkpoints are overwritten) or a path.
 
 A checkpoint that cannot be read (truncated, corrupt, written by a different configuration) is

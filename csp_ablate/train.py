@@ -61,6 +61,8 @@ def _route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=r".*self\.log\('(val|test)/(top1|n)'.*sync_dist=True.*")
     # last.ckpt and best.ckpt share checkpoints/, and a resumed run finds it full: both expected
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # our train order resumes mid-epoch through the datamodule's state (data/sampling.py), not the loader's
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 _OUR_TRAINER_KEYS = ("channels_last", "compile")  # in the trainer group, but not Trainer kwargs

@@ -11,7 +11,10 @@ Relaunching the same run (same output dir: ``hydra.run.dir=<dir>``, or the same 
 which is what Hydra's submitit launcher reuses when it requeues a job) resumes from
 ``last.ckpt`` with Lightning's ``ckpt_path``: weights, optimizer, LR scheduler, step counters
 and the best-checkpoint bookkeeping are restored, so the run ends at the same step count with
-the LR schedule continuing. ``checkpoint.resume``: ``auto`` (resume when ``last.ckpt``
+the LR schedule continuing. Resume is exact (bit-identical to an uninterrupted run): the train
+order is a function of (seed, epoch) whose position the datamodule saves in the checkpoint, and
+:class:`LastCheckpoint` saves and restores every RNG state (:mod:`csp_ablate.data.sampling`).
+``checkpoint.resume``: ``auto`` (resume when ``last.ckpt``
 exists), ``false`` (start over; the run's checkpoints are overwritten) or a path.
 
 A checkpoint that cannot be read (truncated, corrupt, written by a different configuration) is
@@ -30,7 +33,6 @@ finished ``record.json``. A single run (``hydra.run.dir``) keeps the clear error
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +49,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from csp_ablate.data.sampling import rng_state, set_rng_state
 from csp_ablate.errors import ConfigError
+from csp_ablate.identity import fingerprint  # noqa: F401  (re-exported: one identity, with seed)
 from csp_ablate.record import now_iso
 
 log = logging.getLogger("csp_ablate")
@@ -58,33 +62,6 @@ BEST = "best.ckpt"
 HISTORY = "launches.jsonl"
 STAMP_KEY = "csp_ablate"  # our entry in every checkpoint: which experiment wrote it
 RESUME_MODES = ("auto", "true", "false", "<path to a .ckpt>")
-
-# What makes two runs the same experiment for resuming: everything but where and how it runs.
-_NOT_EXPERIMENT = {
-    None: ("output_dir", "logger", "sweep", "hydra", "checkpoint", "threads", "progress_refresh_rate", "profile", "force"),
-    "data": ("root", "num_workers", "pin_memory", "prefetch_factor", "download", "eval_batch_size"),
-    "trainer": (
-        "accelerator", "devices", "num_nodes", "strategy", "precision", "enable_progress_bar",
-        "enable_model_summary", "enable_checkpointing", "log_every_n_steps", "sync_batchnorm",
-        "deterministic", "benchmark", "use_distributed_sampler",
-        # evaluation knobs: they change what is measured, not the training trajectory
-        "limit_val_batches", "limit_test_batches", "val_check_interval", "check_val_every_n_epoch",
-        "num_sanity_val_steps",
-    ),
-}
-
-
-def fingerprint(cfg: DictConfig) -> str:
-    """Hash of the experiment (model, data, task, schedule, axes, seed), not of the hardware."""
-    tree = OmegaConf.to_container(cfg, resolve=False)
-    for section, keys in _NOT_EXPERIMENT.items():
-        node = tree if section is None else tree.get(section, {})
-        for key in keys:
-            if isinstance(node, dict):
-                node.pop(key, None)
-    resolved = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
 
 def checkpoint_dir(out: Path) -> Path:
     return Path(out) / CKPT_DIR
@@ -176,10 +153,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(L.Callback):
-    """``last.ckpt`` every N steps, at epoch end, at the end of training and on SIGTERM.
+    """``last.ckpt`` every N steps, at epoch end, at the end of training, on SIGTERM and Ctrl-C.
 
     Also stamps every checkpoint the trainer writes (``best.ckpt`` too) with the experiment's
-    fingerprint and run id, so a relaunch can refuse a checkpoint of another experiment.
+    fingerprint and run id, so a relaunch can refuse a checkpoint of another experiment, and
+    with every global RNG state (python, numpy, torch, CUDA), which a resumed run restores
+    just before its first step: together with the seeded, resumable train order
+    (:mod:`csp_ablate.data.sampling`) the relaunch trains the same steps on the same batches
+    with the same random draws, and ends bit-identical to an uninterrupted run.
+
+    Ctrl-C (SIGINT) during training is turned into Lightning's graceful stop, as SIGTERM is:
+    the run stops at the next step boundary, saves ``last.ckpt`` and then raises
+    KeyboardInterrupt; a second Ctrl-C stops at once, without a checkpoint.
     """
 
     def __init__(self, path: Path, every_n_train_steps: int | None, stamp: dict[str, Any]) -> None:
@@ -190,6 +175,9 @@ class LastCheckpoint(L.Callback):
         self._prior_time = float(self.stamp.get("train_time_s") or 0.0)  # earlier launches
         self._t0 = time.perf_counter()
         self._saved_step = -1
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._sigint_before = None
+        self.stopped_by: str | None = None  # "SIGINT" when Ctrl-C asked for the stop
 
     def _save(self, trainer: L.Trainer, why: str) -> None:
         if trainer.global_step == self._saved_step or trainer.sanity_checking:
@@ -203,6 +191,40 @@ class LastCheckpoint(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._saved_step = trainer.global_step  # a resumed run does not re-save what it loaded
+        self._install_sigint(trainer)
+
+    # ---- Ctrl-C: a graceful stop, like SIGTERM ------------------------------------------
+    def _install_sigint(self, trainer: L.Trainer) -> None:
+        def on_sigint(signum, frame) -> None:
+            if self.stopped_by is not None:  # second Ctrl-C: the user does not want to wait
+                raise KeyboardInterrupt
+            connector = getattr(trainer, "_signal_connector", None)  # private: guard an upgrade
+            if connector is None:
+                raise KeyboardInterrupt
+            self.stopped_by = "SIGINT"
+            # Lightning's own SIGTERM flag: it stops at the next step boundary (all DDP ranks)
+            connector.received_sigterm = True
+            log.warning("Ctrl-C: stopping at the next step boundary to save a checkpoint "
+                        "(Ctrl-C again stops at once, without one)")
+
+        try:
+            self._sigint_before = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread: keep Python's default (KeyboardInterrupt)
+            self._sigint_before = None
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_before is not None:
+            try:
+                signal.signal(signal.SIGINT, self._sigint_before)
+            except ValueError:
+                pass
+            self._sigint_before = None
+
+    # ---- saving ---------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:  # first step after a resume: the saved draws
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every and trainer.global_step % self.every == 0:
@@ -213,20 +235,28 @@ class LastCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer, "end of training")
+        self._restore_sigint()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # SIGTERM is honoured at a step boundary (Lightning raises it between steps), so the
-        # state is consistent; any other exception may be mid-step: keep the last good file.
+        # SIGTERM (and Ctrl-C, see above) is honoured at a step boundary (Lightning raises it
+        # between steps), so the state is consistent; any other exception may be mid-step:
+        # keep the last good file.
+        self._restore_sigint()
         if isinstance(exception, SIGTERMException):
-            self._save(trainer, "SIGTERM")
+            why = self.stopped_by or "SIGTERM"
+            self._save(trainer, why)
             log.warning(
-                "stopped by SIGTERM at step %d; saved %s. Relaunch the same command (same output "
-                "dir) to resume.", trainer.global_step, self.path,
+                "stopped by %s at step %d; saved %s. Relaunch the same command (same output "
+                "dir) to resume.", why, trainer.global_step, self.path,
             )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         elapsed = self._prior_time + time.perf_counter() - self._t0  # summed over launches
-        checkpoint[STAMP_KEY] = {**self.stamp, "train_time_s": round(elapsed, 2), "saved_at": now_iso()}
+        checkpoint[STAMP_KEY] = {**self.stamp, "train_time_s": round(elapsed, 2), "saved_at": now_iso(),
+                                 "rng": rng_state()}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = (checkpoint.get(STAMP_KEY) or {}).get("rng")
 
 
 class PreemptionSignal(L.Callback):
@@ -339,3 +369,20 @@ def read_history(out: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by a kill: skip it, keep the rest
             continue
     return out_rows
+
+
+def launches_of_this_run(out: Path) -> list[dict[str, Any]]:
+    """Every launch that trained this run's final weights (the record's ``launches``).
+
+    Starts since the last fresh one (a start from step 0: ``checkpoint.resume=false``
+    restarts the history of the weights), each with its git SHA, diff hash and resume step.
+    """
+    starts = [h for h in read_history(out) if h.get("event") == "start"]
+    fresh = max((i for i, h in enumerate(starts) if not h.get("start_step")), default=0)
+    return [
+        {"git_sha": h.get("git_sha"), "diff_sha256": h.get("diff_sha256"),
+         "resumed_from_step": h.get("start_step") or None, "threads": h.get("threads"),
+         "started_at": h.get("at"), "host": h.get("host")}
+        for h in starts[fresh:]
+    ]
+

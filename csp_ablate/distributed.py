@@ -30,12 +30,14 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler
 
-from csp_ablate.data.imagefolder import available_cpus
+from csp_ablate.data.sampling import EpochBatchSampler
 from csp_ablate.errors import ConfigError
+from csp_ablate.threads import (  # noqa: F401  (re-exported: the thread resolution moved there)
+    THREADS_ENV, available_cpus, is_relaunched_rank, local_processes, parallel_jobs, resolve_threads,
+)
 
 log = logging.getLogger("csp_ablate")
 
-_THREADS_ENV = "CSP_ABLATE_THREADS"  # a rank-0 process's thread count, inherited by its ranks > 0
 _HYDRA_PASSTHROUGH = (  # Hydra overrides a re-launched rank must share with its job
     "hydra.job.chdir", "hydra/job_logging", "hydra/hydra_logging", "hydra.job_logging",
     "hydra.hydra_logging", "hydra.verbose", "hydra.job.env_set",
@@ -55,65 +57,13 @@ def launch_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0") or 0) + int(os.environ.get("NODE_RANK", "0") or 0)
 
 
-def is_relaunched_rank() -> bool:
-    """True in a process Lightning started for local rank > 0."""
-    return os.environ.get("LOCAL_RANK", "0") not in ("", "0")
-
-
-# ---- threads -------------------------------------------------------------------------------
-def parallel_jobs() -> int:
-    """How many jobs of this sweep run at once on this machine (1 outside a local multirun)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-            return 1
-        launcher = HydraConfig.get().launcher
-    except Exception:
-        return 1
-    target = str(launcher.get("_target_", ""))
-    cpus = available_cpus()
-    if "joblib" in target:
-        n = int(launcher.get("n_jobs", -1) or -1)
-        return max(1, n if n > 0 else cpus + 1 + n)
-    if "submitit" in target and "LocalLauncher" in target:
-        return cpus  # submitit_local starts every job of the sweep at once
-    return 1
-
-
-def local_processes(cfg: DictConfig) -> int:
-    """Training processes this job starts on this machine (DDP devices per node)."""
-    trainer = cfg.get("trainer") or {}
-    strategy = str(trainer.get("strategy", "auto") or "auto")
-    devices = trainer.get("devices", 1)
-    if "ddp" in strategy and isinstance(devices, int) and devices > 1:
-        return devices
-    return 1
-
-
-def resolve_threads(cfg: DictConfig) -> int | None:
-    """``threads`` if set; else cores shared by the parallel jobs and ranks; None: torch default."""
-    if cfg.get("threads") is not None:
-        threads = cfg.threads
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError.bad_value("threads", threads, "a positive integer, or null (automatic)")
-        return threads
-    if is_relaunched_rank() and os.environ.get(_THREADS_ENV, "").isdigit():
-        return int(os.environ[_THREADS_ENV])
-    share = parallel_jobs() * local_processes(cfg)
-    if share <= 1:
-        return None
-    return max(1, available_cpus() // share)
-
-
+# ---- threads ----------------------------------------------------------------------------------
 def configure_threads(cfg: DictConfig) -> int:
     """Apply :func:`resolve_threads`; exported so Lightning's ranks > 0 inherit the same count."""
     threads = resolve_threads(cfg)
-    if threads is not None:
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # Lightning's DDP launcher then leaves it alone
-        os.environ[_THREADS_ENV] = str(threads)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # Lightning's DDP launcher then leaves it alone
+    os.environ[THREADS_ENV] = str(threads)
     return torch.get_num_threads()
 
 
@@ -209,12 +159,16 @@ class SplitBatchSampler(Sampler):
     def __len__(self) -> int:
         return len(self.batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
 
 def _loader_kwargs(loader: DataLoader) -> dict[str, Any]:
     kwargs = {
         "num_workers": loader.num_workers, "pin_memory": loader.pin_memory, "timeout": loader.timeout,
         "worker_init_fn": loader.worker_init_fn, "persistent_workers": loader.persistent_workers,
-        "collate_fn": loader.collate_fn,
+        "collate_fn": loader.collate_fn, "generator": loader.generator,
     }
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
@@ -226,6 +180,15 @@ def shard_loader(loader: DataLoader, rank: int, world: int, train: bool, seed: i
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     sampler = loader.sampler
+    if train and isinstance(loader.batch_sampler, EpochBatchSampler):
+        # per-item loader with the seeded epoch order: every rank draws the same global batches
+        if loader.batch_sampler.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={loader.batch_sampler.batch_size} is the global batch and must divide "
+                f"evenly over the {world} DDP processes. Use a multiple of {world}."
+            )
+        return DataLoader(loader.dataset, batch_sampler=SplitBatchSampler(loader.batch_sampler, rank, world),
+                          **_loader_kwargs(loader))
     if loader.batch_size is None and isinstance(sampler, BatchSampler):
         # batch-level loader (in-memory Fashion-MNIST): split each global batch across ranks
         if train and sampler.batch_size % world:

@@ -11,6 +11,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from csp_ablate.atomic import write_json_atomic
+from csp_ablate.identity import config_hash  # noqa: F401  (re-exported: the one identity)
+from csp_ablate.threads import resolve_threads
 
 IDENTITY = ["sweep", "run_id", "config_hash", "seed", "status", "error"]
 AXES = [
@@ -32,17 +35,15 @@ COST = ["params_m", "bflops", "bflops_train", "cio_m", "fps", "fps_device", "fps
 QUALITY = ["top1", "val_top1", "ap", "ap50"]
 PROVENANCE = [
     "git_sha", "started_at", "finished_at", "wandb_run_id", "wandb_dir", "torch_version", "host",
+    # issue 14: results depend on the CPU thread count; every launch of a resumed run, each
+    # with its git SHA, the hash of its uncommitted diff and the step it resumed from
+    "threads", "launches",
 ]
 # Extension of DESIGN.md's contract (issue 7): how far the run trained and whether it resumed.
 # `epochs` says nothing for step-based paper runs; a relaunched run must say it resumed.
 PROGRESS = ["steps", "resumed_from_step"]
 RECORD_KEYS: list[str] = IDENTITY + AXES + COST + QUALITY + PROVENANCE + PROGRESS
 RECORD_FILE = "record.json"
-
-# Keys that say where/how a run is logged, checkpointed or timed, not what is trained:
-# excluded from the config hash (equal hash + seed = the same experiment, e.g. for resume).
-_HASH_EXCLUDED = ("seed", "output_dir", "logger", "sweep", "hydra", "checkpoint", "threads",
-                  "progress_refresh_rate", "force", "report")
 
 
 def now_iso() -> str:
@@ -57,32 +58,34 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved config without seed and logging keys: equal hash, same experiment."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    for key in _HASH_EXCLUDED:
-        container.pop(key, None)
-    # resolve what is left (top-level axes interpolated into model.*) without Hydra's resolvers
-    resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
-    blob = json.dumps(resolved, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
 @functools.cache
-def git_sha() -> str | None:
-    """Commit of the code that ran (``+dirty`` when the work tree has changes)."""
+def git_state() -> dict[str, str | None]:
+    """The code that runs: ``git_sha`` (``+dirty`` when tracked files changed) and, when dirty,
+    ``diff_sha256`` (hash of ``git diff HEAD``), so two dirty launches can be told apart."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--binary"], cwd=here, capture_output=True, timeout=30, check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}+dirty" if dirty else sha
+        return {"git_sha": None, "diff_sha256": None}
+    if not diff:
+        return {"git_sha": sha, "diff_sha256": None}
+    return {"git_sha": f"{sha}+dirty", "diff_sha256": hashlib.sha256(diff).hexdigest()[:16]}
+
+
+def git_sha() -> str | None:
+    """Commit of the code that ran (``+dirty`` when the work tree has changes)."""
+    return git_state()["git_sha"]
+
+
+def launch_entry(resumed_from_step: int | None, threads: int | None) -> dict[str, Any]:
+    """This launch's provenance, one element of the record's ``launches``."""
+    return {**git_state(), "resumed_from_step": resumed_from_step, "threads": threads,
+            "started_at": now_iso(), "host": platform.node()}
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -116,7 +119,9 @@ def base_record(cfg: DictConfig) -> dict[str, Any]:
         started_at=now_iso(),
         host=platform.node(),
         torch_version=_package_version("torch"),
+        threads=resolve_threads(cfg),
     )
+    rec["launches"] = [launch_entry(None, rec["threads"])]  # train.run replaces it with every launch
     return rec
 
 
@@ -135,12 +140,20 @@ def _dataset_name(cfg: DictConfig) -> str:
     return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower() or "unknown"
 
 
+def relative_to_record(path: str | None, record_dir: Path) -> str | None:
+    """``path`` relative to the record's dir: a committed record names no machine's paths."""
+    if not path or not Path(path).is_absolute():
+        return path
+    return os.path.relpath(path, Path(record_dir).resolve())
+
+
 def write_record(cfg: DictConfig, record: Mapping[str, Any]) -> Path:
     """Write ``record.json`` (only the contract's keys, in contract order) into the run dir."""
     unknown = set(record) - set(RECORD_KEYS)
     if unknown:
         raise KeyError(f"record has keys outside the contract: {sorted(unknown)}")
     ordered = {key: record.get(key) for key in RECORD_KEYS}
+    ordered["wandb_dir"] = relative_to_record(ordered["wandb_dir"], output_dir(cfg))
     return write_json_atomic(output_dir(cfg) / RECORD_FILE, ordered)
 
 

@@ -37,7 +37,7 @@ from csp_ablate.distributed import (
 from csp_ablate import validate
 from csp_ablate.errors import ConfigError, raised_by_checkpoint_load
 from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
-from csp_ablate.record import base_record, now_iso, output_dir, write_record
+from csp_ablate.record import base_record, git_state, now_iso, output_dir, write_record
 
 log = logging.getLogger("csp_ablate")
 
@@ -62,6 +62,8 @@ def _route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=r".*self\.log\('(val|test)/(top1|n)'.*sync_dist=True.*")
     # last.ckpt and best.ckpt share checkpoints/, and a resumed run finds it full: both expected
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # our train order resumes mid-epoch through the datamodule's state (data/sampling.py), not the loader's
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 _OUR_TRAINER_KEYS = ("channels_last", "compile")  # in the trainer group, but not Trainer kwargs
@@ -224,6 +226,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
+    if hasattr(datamodule, "seed_train_order"):  # train order = f(seed, epoch): exact resume
+        datamodule.seed_train_order(int(cfg.seed))
     datamodule.prepare_data()
     # W&B's start-up overlaps data decode + model build; only for a fresh run, so a bad
     # checkpoint still fails before any W&B run exists (resumes open it lazily, as before)
@@ -299,7 +303,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         note(out, {
             "event": "start", "launch": launch, "resumed_from": str(resume) if resume else None,
             "start_step": resumed["global_step"] if resumed else 0, "world_size": trainer.world_size,
-            "threads": threads, "fingerprint": fingerprint, "pid": os.getpid(),
+            "threads": threads, "fingerprint": fingerprint, "pid": os.getpid(), **git_state(),
         })
         if resumed is not None:
             log.info(
@@ -357,7 +361,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             )
         record.update(
             status="completed", finished_at=now_iso(), steps=int(trainer.global_step),
-            resumed_from_step=resumed["global_step"] if resumed else None,
+            resumed_from_step=resumed["global_step"] if resumed else None, threads=threads,
+            launches=ckpt.launches_of_this_run(out) if ck_enabled else record["launches"],
         )
         extra = {
             "test_n": n_test, "val_n": n_val, "global_step": trainer.global_step,
@@ -370,8 +375,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         note(out, {"event": "end", "launch": launch, **extra})
     except SIGTERMException:
         _close_wandb(logger, exit_code=1)
+        ctrl_c = any(getattr(c, "stopped_by", None) == "SIGINT" for c in ck_callbacks)
         if rank_zero:
-            note(out, {"event": "stopped", "launch": launch, "global_step": trainer.global_step})
+            note(out, {"event": "stopped", "launch": launch, "global_step": trainer.global_step,
+                       "signal": "SIGINT" if ctrl_c else "SIGTERM"})
+        if ctrl_c:  # last.ckpt is saved: the launcher reports the interrupt as for any Ctrl-C
+            raise KeyboardInterrupt from None
         preempt = next((c for c in ck_callbacks if isinstance(c, ckpt.PreemptionSignal) and c.pending), None)
         if preempt is not None:
             preempt.requeue()  # submitit: resubmit this job (same output dir) and exit

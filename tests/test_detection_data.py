@@ -131,7 +131,8 @@ def test_collate_and_loaders(tiny_coco):
     assert targets[:, 0].tolist() == [0, 0, 1, 3]  # batch index column: image 3 has no boxes
     assert targets[:, 1].tolist() == [0, 2, 2, 0]
     train = dm.train_dataloader()
-    assert train.drop_last and len(train) == 1 and type(train.sampler).__name__ == "RandomSampler"
+    # seeded (seed, epoch) order, resumable mid-epoch (issue 14); whole batches only
+    assert train.batch_sampler.drop_last and len(train) == 1 and type(train.batch_sampler).__name__ == "EpochBatchSampler"
     assert not dm.val_dataloader().drop_last and not train.persistent_workers
     assert len(dm.test_dataloader().dataset) == len(dm.val_set)  # test = val
     empty = collate_detection([dm.val_set[2]])  # a negative alone

@@ -15,18 +15,20 @@ from csp_ablate.record import (
 DESIGN_KEYS = (
     "sweep run_id config_hash seed status error task dataset model gamma fusion neck extras activation "
     "tier img_size epochs params_m bflops bflops_train cio_m fps fps_device fps_batch train_time_s top1 "
-    "val_top1 ap ap50 git_sha started_at finished_at wandb_run_id wandb_dir torch_version host"
+    "val_top1 ap ap50 git_sha started_at finished_at wandb_run_id wandb_dir torch_version host threads"
 ).split()
-EXTENSION_KEYS = ["steps", "resumed_from_step"]  # documented extension (issue 7: resume)
+EXTENSION_KEYS = ["launches", "steps", "resumed_from_step"]  # issue 7 (resume), issue 14 (launches)
 
 
 def test_record_keys_are_the_design_contract():
-    assert RECORD_KEYS == DESIGN_KEYS + EXTENSION_KEYS
+    assert [k for k in RECORD_KEYS if k != "launches"] == DESIGN_KEYS + EXTENSION_KEYS[1:]
+    assert set(RECORD_KEYS) == set(DESIGN_KEYS + EXTENSION_KEYS)
 
 
 def test_config_hash_ignores_seed_and_logging_but_not_axes(compose):
-    base = config_hash(compose("output_dir=/a"))
-    assert config_hash(compose("output_dir=/b", "seed=7", "logger=csv", "threads=1")) == base
+    base = config_hash(compose("output_dir=/a", "threads=1"))
+    assert config_hash(compose("output_dir=/b", "seed=7", "logger=csv", "threads=1", "data.num_workers=1")) == base
+    assert config_hash(compose("output_dir=/a", "threads=2")) != base  # threads change results
     assert config_hash(compose("output_dir=/a", "gamma=0.25")) != base
     assert config_hash(compose("output_dir=/a", "model=peleenet")) != base
 
@@ -36,6 +38,15 @@ def test_base_record_reads_axes(compose, tmp_path):
     assert (rec["fusion"], rec["gamma"], rec["seed"], rec["tier"]) == ("last", 0.25, 3, "smoke")
     assert rec["dataset"] == "fashionmnist" and rec["extras"] == "" and rec["status"] == "running"
     assert rec["run_id"].startswith("csppeleenet-") and rec["run_id"].endswith("-s3")
+    assert rec["threads"] >= 1 and len(rec["launches"]) == 1  # the launch's SHA and diff hash
+    assert set(rec["launches"][0]) >= {"git_sha", "diff_sha256", "resumed_from_step", "threads"}
+
+
+def test_wandb_dir_is_written_relative_to_the_record(compose, tmp_path):
+    cfg = compose(f"output_dir={tmp_path}")
+    rec = base_record(cfg) | {"wandb_dir": str(tmp_path / "wandb" / "offline-run-x")}
+    written = json.loads(write_record(cfg, rec).read_text())
+    assert written["wandb_dir"] == "wandb/offline-run-x"
 
 
 def test_write_record_rejects_unknown_keys(compose, tmp_path):

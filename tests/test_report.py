@@ -147,7 +147,7 @@ def test_adhoc_multirun_gets_runs_and_grouped_summary(tmp_path):
                for f in ("csp", "last") for s in (0, 1)]
     report = build_report(write_sweep(tmp_path, records))
     assert report.sweep is None and report.spec is None
-    assert sorted(p.name for p in report.files) == ["runs.csv", "summary.csv", "summary.md"]
+    assert sorted(p.name for p in report.files) == ["provenance.csv", "runs.csv", "summary.csv", "summary.md"]
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary[["fusion", "n", "top1_mean"]].values.tolist() == [["csp", 2, 80.5], ["last", 2, 80.5]]
     md = (tmp_path / "summary.md").read_text()

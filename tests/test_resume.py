@@ -230,3 +230,138 @@ def test_csv_logger_keeps_earlier_launches_rows_up_to_the_resumed_step(tmp_path,
         assert out["step"].tolist() == [0, 1, 2, 3, 4, 5, 6]
         assert out["train/loss"].tolist() == [10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 0.5]
         assert out["val/top1"].isna().sum() == 6 and out["val/top1"].iloc[-1] == 80.0
+
+
+# ---- exact resume (issue 14) -------------------------------------------------------------
+# 384 images / batch 64 = 6 steps per epoch, 2 epochs: the kill lands mid-epoch in either
+# epoch; every launch trains with one thread (the thread count is part of the identity).
+EXACT = (*SMOKE, "logger=none", "data.train_subset=384", "data.eval_subset=128", "trainer.max_epochs=2",
+         "checkpoint.every_n_train_steps=2")
+STEPS = 12
+
+
+def _final_state(run_dir: Path) -> tuple[dict, dict]:
+    rec = json.loads((run_dir / "record.json").read_text())
+    weights = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return rec, weights
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_override) -> tuple[dict, dict]:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(*EXACT, f"hydra.run.dir={run_dir}", *data_override)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _final_state(run_dir)
+
+
+def kill_at_step(args: list[str], run_dir: Path, sig: signal.Signals, step: int) -> int:
+    """Start a run, send ``sig`` once last.ckpt holds step >= ``step``; the step it saved last."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "csp_ablate", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        if last.exists():
+            try:
+                if inspect_checkpoint(last, None)["global_step"] >= step:
+                    break
+            except ConfigError:  # caught between temp file and rename: look again
+                pass
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out[-3000:]  # stopped, not finished
+    if sig != signal.SIGKILL:
+        assert f"stopped by {sig.name}" in out
+    assert not (run_dir / "record.json").exists()
+    return inspect_checkpoint(last, None)["global_step"]
+
+
+@pytest.mark.parametrize("sig", [
+    pytest.param(signal.SIGKILL, id="SIGKILL"),
+    pytest.param(signal.SIGINT, marks=pytest.mark.slow, id="SIGINT"),
+    pytest.param(signal.SIGTERM, marks=pytest.mark.slow, id="SIGTERM"),
+])
+def test_killed_at_a_random_step_and_relaunched_ends_bit_identical(tmp_path, data_override, uninterrupted, sig):
+    """Same identity, same result, also after a kill: record metrics and final weights of the
+    relaunched run equal those of the uninterrupted run exactly (not approximately)."""
+    import random
+
+    args = [*EXACT, f"hydra.run.dir={tmp_path}", *data_override]
+    target = random.Random().choice([2, 4, 8])  # mid-epoch, first or second epoch
+    saved = kill_at_step(args, tmp_path, sig, target)
+    assert 0 < saved < STEPS
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rec, weights = _final_state(tmp_path)
+    ref_rec, ref_weights = uninterrupted
+    assert rec["resumed_from_step"] == saved and rec["steps"] == ref_rec["steps"] == STEPS
+    assert (rec["top1"], rec["val_top1"]) == (ref_rec["top1"], ref_rec["val_top1"]), f"killed at step {saved}"
+    assert rec["config_hash"] == ref_rec["config_hash"] and rec["threads"] == 1
+    assert weights.keys() == ref_weights.keys()
+    differ = [k for k in weights if not torch.equal(weights[k], ref_weights[k])]
+    assert not differ, f"killed at step {saved}: {len(differ)} tensors differ, e.g. {differ[:3]}"
+    assert [launch["resumed_from_step"] for launch in rec["launches"]] == [None, saved]
+
+
+def test_train_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
+    from csp_ablate.data.sampling import EpochBatchSampler
+
+    def batches(epoch: int, resume: tuple[int, int] | None = None, seed: int = 0) -> list:
+        sampler = EpochBatchSampler(50, 8, seed=seed, with_seeds=True)
+        sampler.set_epoch(epoch)
+        if resume:
+            sampler.resume_at(*resume)
+        return list(sampler)
+
+    full = batches(1)
+    assert len(full) == 6 and full == batches(1)  # drop_last: 6 whole batches, same every time
+    assert full != batches(2) and full != batches(1, seed=1)
+    assert batches(1, resume=(1, 4)) == full[4:]  # the consumed batches of the same permutation
+    assert batches(2, resume=(1, 4)) == batches(2)  # a position of another epoch does not apply
+    assert len({s for b in full for _, s in b}) == 48  # a distinct augmentation seed per item
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from csp_ablate.data.sampling import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    torch.save({"rng": rng_state()}, tmp_path / "s.ckpt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "s.ckpt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_augmented_batches_do_not_depend_on_workers_or_on_a_resume(tmp_path):
+    """ImageFolder's random crop/flip come from per-item seeds: the same batches with 0 or 2
+    workers, and a mid-epoch resume sees exactly the rest of the epoch (data.num_workers is not
+    part of the identity)."""
+    from test_scale import make_imagefolder
+
+    from csp_ablate.data.imagefolder import ImageFolderDataModule
+
+    root = make_imagefolder(tmp_path / "imgs")
+
+    def batches(workers: int, resume: dict | None = None) -> list[torch.Tensor]:
+        dm = ImageFolderDataModule(root=str(root), num_classes=3, img_size=16, batch_size=4, num_workers=workers)
+        dm.seed_train_order(5)
+        dm.setup("fit")
+        if resume:
+            dm.load_state_dict({"train_order": resume})
+        loader = dm.train_dataloader()
+        loader.batch_sampler.set_epoch(1)
+        return [x for x, _ in loader]
+
+    plain = batches(0)
+    assert len(plain) >= 3
+    assert all(torch.equal(a, b) for a, b in zip(plain, batches(2), strict=True))
+    resumed = batches(0, resume={"seed": 5, "epoch": 1, "batches": 2})
+    assert all(torch.equal(a, b) for a, b in zip(plain[2:], resumed, strict=True))

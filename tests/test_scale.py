@@ -285,7 +285,8 @@ def test_shard_loader_for_per_sample_loaders(tiny_imagefolder):
     dm = _imagefolder(tiny_imagefolder, img_size=16, batch_size=8, eval_batch_size=8, num_workers=0)
     dm.setup("fit")
     train = shard_loader(dm.train_dataloader(), 1, 2, train=True, seed=0)
-    assert train.batch_size == 4 and len(train) == 3
+    _, labels = next(iter(train))
+    assert len(labels) == 4 and len(train) == 3  # half of each seeded global batch of 8
     evals = [shard_loader(dm.val_dataloader(), r, 2, train=False, seed=0) for r in (0, 1)]
     assert sum(len(y) for loader in evals for _, y in loader) == 12
 
@@ -337,17 +338,17 @@ def test_bf16_falls_back_to_fp16_on_gpus_without_bf16(compose, monkeypatch):
 
 
 def test_threads_per_process(compose, monkeypatch):
-    from csp_ablate import distributed
+    from csp_ablate import threads
 
-    monkeypatch.setattr(distributed, "available_cpus", lambda: 16)
-    assert distributed.resolve_threads(compose("threads=3")) == 3
-    assert distributed.resolve_threads(compose()) is None  # one process: torch's default
+    monkeypatch.setattr(threads, "available_cpus", lambda: 16)
+    assert threads.resolve_threads(compose("threads=3")) == 3
+    assert threads.resolve_threads(compose()) == 16  # one process: all cores, a number (identity)
     ddp = compose("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=4")
-    assert distributed.resolve_threads(ddp) == 4
-    monkeypatch.setattr(distributed, "parallel_jobs", lambda: 2)
-    assert distributed.resolve_threads(compose()) == 8
+    assert threads.resolve_threads(ddp) == 4
+    monkeypatch.setattr(threads, "parallel_jobs", lambda: 2)
+    assert threads.resolve_threads(compose()) == 8
     with pytest.raises(ConfigError, match="threads"):
-        distributed.resolve_threads(compose("threads=0"))
+        threads.resolve_threads(compose("threads=0"))
 
 
 # ---- multi-process (slow) --------------------------------------------------------------------

@@ -170,17 +170,18 @@ def test_wandb_sweep_jobs_are_train_runs_in_the_sweep_group(tmp_path, data_overr
 
 
 def test_failed_job_is_isolated_and_rerun_resumes_then_force_reruns(tmp_path, tiny_fmnist):
-    """A bad data root for one grid point: the sweep goes on, the report marks the gap; a rerun
-    skips the completed job and retries the failed one; force=true reruns both."""
+    """A bad value for one grid point: the sweep goes on, the report marks the gap; a rerun
+    skips the completed job and retries the failed one; force=true reruns both. (The bad value
+    is a result-changing key: a bad data.root is the same grid point, the root being a path.)"""
     sweep_dir = tmp_path / "adhoc"
-    args = ("-m", f"data.root={tiny_fmnist},/nonexistent/fmnist", "data.val_size=200", "tier=smoke", "logger=none",
+    args = ("-m", f"data.root={tiny_fmnist}", "data.val_size=200,100000", "tier=smoke", "logger=none",
             f"hydra.sweep.dir={sweep_dir}")
     first = run_cli(*args)
     assert first.returncode == 1, first.stderr[-3000:]  # all jobs ran, then: non-zero, naming the failed one
     assert "job 1 failed: " in first.stderr and f"record: {sweep_dir / '1' / 'record.json'}" in first.stderr
     assert "[csp_ablate.report] adhoc: 1 completed, 1 failed" in first.stdout
     runs = pd.read_csv(sweep_dir / "runs.csv")
-    assert list(runs["status"]) == ["completed", "failed"] and "/nonexistent/fmnist" in runs["error"].iloc[1]
+    assert list(runs["status"]) == ["completed", "failed"] and "data.val_size" in runs["error"].iloc[1]
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert summary["n"].tolist() == [1, 0] and summary["n_failed"].tolist() == [0, 1]
     assert "no completed run; 1 failed" in (sweep_dir / "summary.md").read_text()

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from csp_ablate.data.sampling import ResumableTrainOrder, item_generator, loader_generator
 from csp_ablate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,8 @@ class CocoDetectionDataset(Dataset):
     ``keep_coco=False`` frees the pycocotools index once the per-image box arrays are built
     (train2017's dicts take GBs, and forked workers would copy them as refcounts touch pages).
 
-    ``hflip`` flips with p=0.5 drawing from ``generator`` (or torch's global RNG, which Lightning
-    seeds, and DataLoader seeds per worker). A shared ``generator`` is copied into every worker,
-    so give one only with ``num_workers=0``.
+    ``hflip`` flips with p=0.5: a training item ``(index, sample_seed)`` draws from its own seed
+    (exact resume, any ``num_workers``); a plain index from ``generator`` or torch's global RNG.
     """
 
     def __init__(
@@ -267,7 +267,9 @@ class CocoDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        index, sample_seed = item if isinstance(item, tuple) else (item, None)  # train: (i, seed)
+        generator = item_generator(sample_seed) if sample_seed is not None else self.generator
         rec = self.records[index]
         img = self._cache[index] if self._cache is not None else self._decode(rec)
         if img.shape[0] != self.channels:
@@ -276,7 +278,7 @@ class CocoDetectionDataset(Dataset):
         scale, _, _, px, py = letterbox_params(rec.width, rec.height, self.img_size)
         boxes = torch.from_numpy(rec.boxes.copy())
         boxes[:, 1:] = boxes[:, 1:] * scale + torch.tensor([px, py, px, py], dtype=torch.float32)
-        if self.hflip and torch.rand(1, generator=self.generator).item() < 0.5:
+        if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
             image = image.flip(-1)
             boxes[:, [1, 3]] = self.img_size - boxes[:, [3, 1]]
         meta = {"image_id": rec.image_id, "scale": scale, "pad": (px, py), "orig_size": (rec.width, rec.height)}
@@ -290,7 +292,7 @@ def collate_detection(batch) -> tuple[torch.Tensor, torch.Tensor, list[dict[str,
     return torch.stack(images), torch.cat(targets).reshape(-1, 6), list(metas)
 
 
-class CocoDataModule(L.LightningDataModule):
+class CocoDataModule(ResumableTrainOrder, L.LightningDataModule):
     """COCO-format train/val splits (``data=coco``); test = val (COCO has no labelled test split)."""
 
     dataset_fix = _COCO_FIX  # subclasses say how *their* files come about
@@ -387,10 +389,12 @@ class CocoDataModule(L.LightningDataModule):
         return self.train_set.boxes_wh()
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate_detection,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )
+        common = {"collate_fn": collate_detection, "num_workers": self.num_workers,
+                  "persistent_workers": self.num_workers > 0, "generator": loader_generator(self.train_seed)}
+        if train:  # order and flips = f(seed, epoch, position), resumable mid-epoch (data/sampling.py)
+            order = self.train_batch_sampler(len(dataset), batch_size, with_seeds=True)
+            return DataLoader(dataset, batch_sampler=order, **common)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

@@ -19,8 +19,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from csp_ablate.data.sampling import ResumableTrainOrder, loader_generator
 from csp_ablate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class TensorBatches(Dataset):
         return x, self.labels[index]
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(ResumableTrainOrder, L.LightningDataModule):
     """Fashion-MNIST with a fixed seeded train/val split and the official 10k test set."""
 
     def __init__(
@@ -198,13 +199,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.test_set = make(test_images, test_labels)
 
     def _loader(self, dataset: TensorBatches, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        # training order: a function of (seed, epoch), resumable mid-epoch (data/sampling.py)
+        sampler = (self.train_batch_sampler(len(dataset), batch_size) if shuffle
+                   else BatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=False))
         return DataLoader(
             dataset,
-            sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=shuffle),
+            sampler=sampler,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(self.train_seed),
         )
 
     def train_dataloader(self) -> DataLoader:

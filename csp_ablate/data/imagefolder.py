@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from csp_ablate.data.sampling import ResumableTrainOrder, loader_generator
 from csp_ablate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,23 @@ class _Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
+        # training items come as (index, sample_seed) from EpochBatchSampler: the random crop
+        # and flip are drawn from that seed, not from whichever worker decodes the image
+        index, sample_seed = item if isinstance(item, tuple) else (item, None)
         path, label = self.samples[index]
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
         except OSError as err:
             raise ConfigError(f"Cannot decode image {path}: {err}. Remove or replace the file.") from err
-        return self.transform(img), label
+        if sample_seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global RNG
+            torch.manual_seed(sample_seed)
+            return self.transform(img), label
 
 
 def train_transform(img_size: int, scale: tuple[float, float], hflip: float):
@@ -130,7 +138,7 @@ def eval_transform(img_size: int, crop_pct: float):
     ])
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(ResumableTrainOrder, L.LightningDataModule):
     """``train/`` and ``val/`` class folders; uint8 batches normalised on the device."""
 
     def __init__(
@@ -243,7 +251,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         return settings
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, **self.loader_settings())
+        settings = {**self.loader_settings(), "generator": loader_generator(self.train_seed)}
+        if train:  # order and augmentation = f(seed, epoch, position), resumable mid-epoch
+            return DataLoader(dataset, batch_sampler=self.train_batch_sampler(len(dataset), batch_size, with_seeds=True),
+                              **settings)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
+from csp_ablate.report.provenance import launches_as_json, provenance_table
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec
 from csp_ablate.report.tables import claims_table, paper_table, summary_table, variance_checks
@@ -63,7 +64,8 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         spec = load_spec(spec_name or name)
     report = Report(sweep_dir=sweep_dir, sweep=name, spec=spec, runs=runs, summary=summary_table(runs))
     out = report.files
-    out.append(write_csv_atomic(sweep_dir / "runs.csv", runs, float_format=FLOAT_FORMAT))
+    out.append(write_csv_atomic(sweep_dir / "runs.csv", launches_as_json(runs), float_format=FLOAT_FORMAT))
+    out.append(write_csv_atomic(sweep_dir / "provenance.csv", provenance_table(runs, spec)))  # dirty/mixed-SHA rows
     out.append(write_csv_atomic(sweep_dir / "summary.csv", report.summary, float_format=FLOAT_FORMAT))
     title = f"Summary of sweep {name}" if name else "Summary of an ad-hoc multirun"
     out.append(write_text_atomic(sweep_dir / "summary.md", summary_md(report.summary, runs, title, command)))

@@ -121,12 +121,18 @@ class ReportCallback(Callback):
         if not self.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        from csp_ablate.report.provenance import PoolingError
+
         try:
             from csp_ablate.report import build_report
 
             report = build_report(sweep_dir)
         except FileNotFoundError as err:  # no job got as far as writing a record
             log.warning("no report: %s", err)
+            return
+        except PoolingError as err:  # records of one row disagree on a result key: a user's choice
+            log.error("report refused: %s", err)
+            REPORT_FAILED["failed"] = True
             return
         except Exception:  # the records are safe on disk: say how to rebuild, never lose the sweep
             log.exception("report failed; rebuild it with: python -m csp_ablate.report %s", sweep_dir)

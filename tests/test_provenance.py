@@ -99,3 +99,20 @@ def test_launches_round_trip_through_runs_csv(tmp_path):
     launches_as_json(runs).to_csv(tmp_path / "runs.csv", index=False)
     back = pd.read_csv(tmp_path / "runs.csv")
     assert launches_of(back.loc[0, "launches"]) == [_launch("a" * 40)]
+
+
+def test_report_cli_refuses_mixed_threads_in_one_row_with_one_line(tmp_path, capsys):
+    """The pooling refusal reaches a user as a one-paragraph error (exit 2), not a traceback."""
+    from csp_ablate.report.__main__ import main as report_main
+
+    sources = sorted((REPO / "results/proxy/table1").glob("*/record.json"))
+    peleenet = [p for p in sources if json.loads(p.read_text()).get("model") == "peleenet"
+                and json.loads(p.read_text()).get("activation") == "leaky"][:2]
+    assert len(peleenet) == 2
+    for i, (src, threads) in enumerate(zip(peleenet, (1, 2))):
+        (tmp_path / str(i)).mkdir()
+        rec = json.loads(src.read_text()) | {"threads": threads}
+        (tmp_path / str(i) / "record.json").write_text(json.dumps(rec))
+    assert report_main([str(tmp_path), "--spec", "table1"]) == 2
+    err = capsys.readouterr().err
+    assert "threads = 1, 2" in err and "Traceback" not in err

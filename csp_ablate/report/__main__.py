@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from csp_ablate.report import build_report, load_spec
+    from csp_ablate.report.provenance import PoolingError
     from csp_ablate.report.records import scan_records
     import yaml
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = build_report(args.sweep_dir, spec=spec, spec_name=None if spec else args.spec)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, PoolingError) as err:  # no records / one row mixes experiments
         print(f"csp_ablate.report: error: {err}", file=sys.stderr)
         return 2
     print(report.line())

@@ -3,7 +3,8 @@
 One model's cost (a table or JSON), a ``-m`` sweep into ``fidelity.csv|md``, the full fidelity
 table (``fidelity=true``), the paper's Figure 7 (``figure7=classifier|detection``) or the memory
 of the detectors' feature pyramid (``feature_pyramid=true``), or the quiet fps of every row of a
-finished sweep (``sweep_dir=<dir>`` -> ``<dir>/fps.csv``, :mod:`csp_ablate.profile.sweep_fps`).
+finished sweep (``sweep_dir=<dir>`` -> ``<dir>/fps.csv``, :mod:`csp_ablate.profile.sweep_fps`), or the
+CSP transform's fidelity (``transform=true`` -> ``<out_dir>/transform``, :mod:`csp_ablate.profile.transform`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def run_profile(cfg) -> dict[str, Any]:
     fps_batches = list(cfg.fps_batches) if cfg.fps else []
     if cfg.get("sweep_dir") is not None:
         return run_sweep_fps(cfg)
+    if cfg.get("transform"):
+        from csp_ablate.profile.transform import write_transform_fidelity
+
+        return {"rows": len(write_transform_fidelity(Path(cfg.out_dir) / "transform"))}
     if cfg.figure7 is not None:
         return run_figure7(cfg)
     if cfg.feature_pyramid:

@@ -1,6 +1,8 @@
 """Fidelity of the CSP transform, counted independently of :mod:`csp_ablate.profile`.
 
-``python -m csp_ablate.transform_fidelity [--out results/fidelity/transform]`` writes
+``python -m csp_ablate.profile transform=true [out_dir=results/fidelity]`` (or the older spelling
+``python -m csp_ablate.transform_fidelity [--out results/fidelity/transform]``) writes into
+``<out_dir>/transform``
 
 * ``darknet53.csv|md``: timm's ``darknet53`` transformed at γ=0.5, fusion=csp against timm's
   ``cspdarknet53`` and the authors' README CSPDarkNet-53 (27.61M / 13.07 BFLOPs at 256×256),
@@ -145,29 +147,36 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m csp_ablate.transform_fidelity [--out DIR]``: argparse front of :func:`write_transform_fidelity`."""
     parser = argparse.ArgumentParser(prog="python -m csp_ablate.transform_fidelity", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR, help=f"output directory (default {OUT_DIR})")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_transform_fidelity(args.out)
 
+
+def write_transform_fidelity(out: Path = OUT_DIR) -> pd.DataFrame:
+    """Write ``darknet53.csv|md`` and ``deltas.csv|md|png`` into ``out``; return the delta table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     dark = darknet_fidelity()
-    dark.to_csv(args.out / "darknet53.csv", index=False)
+    dark.to_csv(out / "darknet53.csv", index=False)
     cols = ["variant", "params_m", "bflops", "params_m_vs_timm_pct", "bflops_vs_timm_pct", "params_m_vs_readme_pct",
             "bflops_vs_readme_pct", "within_3pct", "difference_left"]
     stage_cols = ["variant"] + [c for c in dark.columns if c.startswith("stage")]
-    (args.out / "darknet53.md").write_text(
+    (out / "darknet53.md").write_text(
         "# darknet53 -> CSP (γ=0.5, fusion=csp) vs CSPDarkNet-53, 256×256\n\n"
         f"README CSPDarkNet-53: {README_CSPDARKNET53['params_m']}M / {README_CSPDARKNET53['bflops']} BFLOPs; "
         f"tolerance {TOLERANCE_PCT} %.\n\n" + _markdown(dark[cols]) + "\n\n## Per stage\n\n"
         + _markdown(dark[stage_cols]) + "\n")
     deltas = delta_table()
-    deltas.to_csv(args.out / "deltas.csv", index=False)
-    (args.out / "deltas.md").write_text("# CSP transform: params / BFLOPs of γ × fusion per base\n\n"
+    deltas.to_csv(out / "deltas.csv", index=False)
+    (out / "deltas.md").write_text("# CSP transform: params / BFLOPs of γ × fusion per base\n\n"
                                         "Deltas in % against the untransformed base (fusion none).\n\n"
                                         + _markdown(deltas) + "\n")
-    plot_deltas(deltas, args.out / "deltas.png")
+    plot_deltas(deltas, out / "deltas.png")
     print(_markdown(dark[cols]))
-    print(f"wrote {args.out}/darknet53.csv|md, deltas.csv|md|png ({len(deltas)} rows)")
+    print(f"wrote {out}/darknet53.csv|md, deltas.csv|md|png ({len(deltas)} rows)")
+    return deltas
 
 
 if __name__ == "__main__":

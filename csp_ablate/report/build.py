@@ -10,7 +10,7 @@ import pandas as pd
 
 from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
-from csp_ablate.report.quiet_fps import fps_note, fps_runs, load_quiet_fps, without_sweep_fps
+from csp_ablate.report.quiet_fps import fps_note, fps_runs, load_quiet_fps, mark_unmeasured, without_sweep_fps
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec
 from csp_ablate.report.tables import claims_table, paper_table, summary_table, variance_checks
@@ -84,6 +84,8 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
                                      paper_table_md(report.table, spec, runs, command, fps_text)))
         if spec.claims:
             report.claims = claims_table(table_runs, spec, metric_frames=frames)
+            if quiet is None:
+                report.claims = mark_unmeasured(report.claims, sweep_dir)
             out.append(write_csv_atomic(sweep_dir / "claims.csv", report.claims, float_format=FLOAT_FORMAT))
             out.append(write_text_atomic(sweep_dir / "claims.md", claims_md(report.claims, spec, variance_checks(runs, spec))))
         if spec.figure:

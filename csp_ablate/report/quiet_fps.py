@@ -81,3 +81,12 @@ def fps_note(quiet: pd.DataFrame | None, sweep_dir: Path | str) -> str:
             f"-> fps.csv{when}{host}): device {one('fps_device')}, {one('fps_threads')} thread(s), batch "
             f"{one('fps_batch')}, {one('img_size')} px{what}; mean ± 95 % interval over {n} interleaved "
             f"rounds (n = rounds for the fps deltas and claims)")
+
+
+def mark_unmeasured(claims: pd.DataFrame, sweep_dir: Path | str) -> pd.DataFrame:
+    """Without fps.csv the fps claims are inconclusive for want of a quiet measurement: say so
+    (instead of "no completed run"), with the command that measures it."""
+    fps = claims["metric"] == "fps"
+    claims.loc[fps, "reason"] = (f"fps not measured quietly (no fps.csv; the sweep's own fps is noise): run "
+                                 f"python -m csp_ablate.profile sweep_dir={sweep_dir}")
+    return claims

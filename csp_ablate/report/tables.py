@@ -144,7 +144,9 @@ def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | 
         out[f"{metric}_ci95"] = means[f"{metric}_ci95"].to_numpy(dtype=float)
         for base in spec.baselines:
             col = f"{metric}_delta{spec.suffix(base)}"
-            deltas = [_delta_ci(evidence(rid, base)) if rid != base else (0.0, math.nan) for rid in ids]
+            has_base = bool(np.isfinite(out.loc[ids.index(base), f"{metric}_mean"]))  # fps without fps.csv: none
+            deltas = [_delta_ci(evidence(rid, base)) if rid != base else (0.0 if has_base else math.nan, math.nan)
+                      for rid in ids]
             out[col] = [d for d, _ in deltas]
             out[f"{col}_ci95"] = [c for _, c in deltas]
     for metric in spec.extra_metrics:

@@ -1,7 +1,7 @@
 # Shortcuts; each target runs the idempotent bootstrap first (see README).
 PY := .venv/bin/python
 
-.PHONY: setup run test test-all smoke sweep sweep-table1 sweep-figure4 sweep-table2 figure7 report bench clean
+.PHONY: setup run test test-all smoke sweep sweep-table1 sweep-figure4 sweep-table2 figure7 transform report bench clean
 setup:
 	bash scripts/bootstrap.sh
 run: setup          ## the main job: CSPPeleeNet on Fashion-MNIST, tier=proxy
@@ -18,6 +18,8 @@ sweep-table2: setup ## Table 2 proxy sweep (detection) -> results/proxy/table2 (
 	$(PY) -m csp_ablate -m sweep=table2
 figure7: setup      ## per-layer cost of the detectors (paper Figure 7) -> results/fidelity/detection
 	$(PY) -m csp_ablate.profile figure7=detection
+transform: setup    ## the CSP transform on timm bases vs timm's cspdarknet53 -> results/fidelity/transform
+	$(PY) -m csp_ablate.profile transform=true
 report: setup       ## rebuild a sweep's tables from its records: make report DIR=results/proxy/table1
 	$(PY) -m csp_ablate.report $(DIR)
 test: setup         ## fast test suite

@@ -5,6 +5,11 @@ differentially: each side trains N1 and N2 steps and the rate is (N2 - N1) x bat
 so fixed costs (model build, W&B start, dataloader warm-up) cancel and what remains is the
 per-step cost, Lightning's progress bar, logging and W&B (offline, as configured by default)
 included. Target (issue 8): ratio >= 0.95.
+
+Repeats: >= 5 in a full run (1 in quick mode), interleaved, with the order of the two sides
+alternating between repeats so that a load drift favours neither. The verdict is on the median
+ratio; the summary states the spread (min-max and how many repeats fell below the target),
+since a median of 3 passed with one repeat at 0.892.
 """
 
 from __future__ import annotations
@@ -72,22 +77,38 @@ def hand_loop_seconds(steps: int) -> float:
 
 
 def main() -> None:
-    n1, n2, repeats = (5, 25, 1) if QUICK else (20, 120, 3)
+    n1, n2, repeats = (5, 25, 1) if QUICK else (20, 120, 5)
     batch = int(_compose("output_dir=/tmp/x").data.batch_size)
     rows = []
     for rep in range(repeats):  # interleave the two sides so machine drift hits both
-        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-            fw = (n2 - n1) * batch / (framework_fit_seconds(n2, a) - framework_fit_seconds(n1, b))
-        hand = (n2 - n1) * batch / (hand_loop_seconds(n2) - hand_loop_seconds(n1))
-        rows.append({"repeat": rep, "framework_img_s": round(fw, 1), "hand_loop_img_s": round(hand, 1),
-                     "ratio": round(fw / hand, 3), "steps": f"{n1}->{n2}", "batch": batch})
-    ratio = statistics.median(r["ratio"] for r in rows)
+        def framework() -> float:
+            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+                return (n2 - n1) * batch / (framework_fit_seconds(n2, a) - framework_fit_seconds(n1, b))
+
+        def hand() -> float:
+            return (n2 - n1) * batch / (hand_loop_seconds(n2) - hand_loop_seconds(n1))
+
+        if rep % 2 == 0:
+            fw, hl, first = framework(), hand(), "framework"
+        else:
+            hl, fw, first = hand(), framework(), "hand_loop"
+        rows.append({"repeat": rep, "first": first, "framework_img_s": round(fw, 1), "hand_loop_img_s": round(hl, 1),
+                     "ratio": round(fw / hl, 3), "steps": f"{n1}->{n2}", "batch": batch})
+    write_result("overhead", rows, summarize(rows))
+
+
+def summarize(rows: list[dict]) -> str:
+    """Verdict on the median ratio, with its spread; adds the summary columns to ``rows``."""
+    ratios = [r["ratio"] for r in rows]
+    ratio = statistics.median(ratios)
+    below = sum(x < TARGET for x in ratios)
     for r in rows:
-        r.update(median_ratio=round(ratio, 3), target=TARGET, passed=ratio >= TARGET)
-    write_result("overhead", rows,
-                 f"csp_ablate job {statistics.median(r['framework_img_s'] for r in rows):.0f} img/s vs hand loop "
-                 f"{statistics.median(r['hand_loop_img_s'] for r in rows):.0f} img/s: ratio {ratio:.3f} "
-                 f"(target >= {TARGET}: {'pass' if ratio >= TARGET else 'FAIL'})")
+        r.update(median_ratio=round(ratio, 3), min_ratio=min(ratios), max_ratio=max(ratios), target=TARGET,
+                 passed=ratio >= TARGET)
+    return (f"csp_ablate job {statistics.median(r['framework_img_s'] for r in rows):.0f} img/s vs hand loop "
+            f"{statistics.median(r['hand_loop_img_s'] for r in rows):.0f} img/s: median ratio {ratio:.3f} over "
+            f"{len(ratios)} interleaved repeat(s), range {min(ratios):.3f}-{max(ratios):.3f}, {below} below "
+            f"{TARGET} (target: median >= {TARGET}: {'pass' if ratio >= TARGET else 'FAIL'})")
 
 
 if __name__ == "__main__":

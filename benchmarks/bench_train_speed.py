@@ -2,23 +2,38 @@
 
 One training step = forward + backward + SGD step of the default proxy model (CSPPeleeNet
 γ=0.5 CSP, batch 128, 32x32, 3 channels). Settings, each checked for the same loss as the
-reference before it is timed:
-- ``naive``: the dense layers' two branch 1x1 convs run as two convs (PeleeNet's reference
+reference before it is timed, each named by what it runs:
+- ``naive <fmt>``: the dense layers' two branch 1x1 convs run as two convs (PeleeNet's reference
   code) instead of our single fused conv with 2x the outputs (identical maths and FLOPs);
-- ``default``: what the proxy tier runs (fused 1x1, contiguous NCHW, all cores);
-- ``channels_last``, ``compile`` (torch.compile, inductor), both, ``threads=1``.
-``proxy_job_s`` adds the first step (for ``compile``: the compilation, paid once per job) to
-1286 steady steps: the end-to-end cost that decides the proxy default.
-The settings are timed round-robin so drift on a shared machine hits all of them alike.
+- ``nchw``, ``channels_last``: the fused model in each memory format, all cores;
+- ``compile nchw``, ``compile channels_last`` (torch.compile, inductor; full runs only);
+- ``threads=1 <fmt>``. Column ``is_default`` marks the setting ``conf/trainer/cpu.yaml`` runs
+  (``channels_last: true``, ``compile: false`` today), read from that file, not assumed.
+
+Same cache state for every setting: ``first_step_s`` is the first step of a *fresh process*
+with an *empty* inductor cache dir (cold: what the first job of a sweep pays), measured the
+same way for every setting (full runs; quick runs time it in-process, column
+``first_step_state`` says which). Steady steps are timed round-robin in one process so drift on
+a shared machine hits all settings alike. ``proxy_job_s_estimate`` = first step + 1286 x the
+median steady step: an *estimate* of a proxy job's training time, not a measured job (a measured
+job is ``bench_job_overhead``'s).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from benchmarks.common import QUICK, write_result
+from benchmarks.common import QUICK, REPO, write_result
+
+BATCH, IMG, PROXY_STEPS = 128, 32, 1287
 
 
 class _NaiveTwoWay:
@@ -79,61 +94,127 @@ def make_step(model, x, y, channels_last=False):
     return step
 
 
-def main() -> None:
+def trainer_defaults() -> dict[str, bool]:
+    """``channels_last`` / ``compile`` of the proxy tier's trainer (conf/trainer/cpu.yaml)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "conf" / "trainer" / "cpu.yaml").read_text())
+    return {"channels_last": bool(cfg.get("channels_last", False)), "compile": bool(cfg.get("compile", False))}
+
+
+def settings_spec(quick: bool) -> dict[str, dict]:
+    """Setting name -> how it is built: naive split, memory format, compile, threads=1."""
+    fmt = "channels_last" if trainer_defaults()["channels_last"] else "nchw"
+    spec = {
+        f"naive {fmt}": {"naive": True, "channels_last": fmt == "channels_last"},
+        "nchw": {"channels_last": False},
+        "channels_last": {"channels_last": True},
+        f"threads=1 {fmt}": {"channels_last": fmt == "channels_last", "threads": 1},
+    }
+    if not quick:
+        spec["compile nchw"] = {"compile": True, "channels_last": False}
+        spec["compile channels_last"] = {"compile": True, "channels_last": True}
+    return spec
+
+
+def build(spec: dict):
+    """(step function, eval-mode loss, reference loss) of one setting, on the fixed seed-0 batch."""
     import torch
 
     from csp_ablate.models import create_backbone
 
-    batch, img = 128, 32
-    steps, rounds = (2, 1) if QUICK else (8, 4)
     torch.manual_seed(0)
-    x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
+    x, y = torch.randn(BATCH, 3, IMG, IMG), torch.randint(0, 10, (BATCH,))
     base = create_backbone("csppeleenet", gamma=0.5, fusion="csp", activation="leaky", num_classes=10)
     ref_loss = torch.nn.functional.cross_entropy(copy.deepcopy(base).eval()(x), y).item()
-    settings = {
-        "naive": (naive_copy(base), {}),
-        "default": (copy.deepcopy(base), {}),
-        "channels_last": (copy.deepcopy(base), {"channels_last": True}),
-        "threads=1": (copy.deepcopy(base), {}),
-    }
-    if not QUICK:
-        settings["compile"] = (torch.compile(copy.deepcopy(base)), {})
-        settings["compile+channels_last"] = (torch.compile(copy.deepcopy(base)), {"channels_last": True})
+    model = naive_copy(base) if spec.get("naive") else copy.deepcopy(base)
+    if spec.get("compile"):
+        model = torch.compile(model)
+    loss = torch.nn.functional.cross_entropy(model.eval()(x), y).item()
+    model.train()
+    return make_step(model, x, y, channels_last=spec.get("channels_last", False)), loss, ref_loss
+
+
+def cold_first_step(name: str) -> float:
+    """The first step of ``name`` in a fresh process with an empty inductor cache dir (seconds)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": str(Path(cache) / "triton")}
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_train_speed", "--first-step", name],
+                             cwd=REPO, env=env, capture_output=True, text=True, check=True, timeout=1800)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["first_step_s"])
+
+
+def _first_step_child(name: str) -> None:
+    import torch
+
+    spec = settings_spec(quick=False)[name]
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    step, _, _ = build(spec)
+    start = time.perf_counter()
+    step()
+    print(json.dumps({"setting": name, "first_step_s": time.perf_counter() - start}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--first-step"]:
+        return _first_step_child(argv[1])
+    steps, rounds = (2, 1) if QUICK else (8, 5)
+    specs = settings_spec(QUICK)
+    defaults = trainer_defaults()
     threads = torch.get_num_threads()
     steps_fn, losses, first_step = {}, {}, {}
-    for name, (model, opts) in settings.items():
-        losses[name] = torch.nn.functional.cross_entropy(model.eval()(x), y).item()
-        model.train()
-        steps_fn[name] = make_step(model, x, y, **opts)
+    ref_loss = None
+    for name, spec in specs.items():
+        steps_fn[name], losses[name], ref_loss = build(spec)
+        torch.set_num_threads(spec.get("threads", threads))
         start = time.perf_counter()
-        steps_fn[name]()  # warm-up: for torch.compile this is the compilation, paid once per job
+        steps_fn[name]()  # warm-up (in-process: the compile cache may be warm from another setting)
         first_step[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in settings}
+    torch.set_num_threads(threads)
+    state = "in-process (quick: not a cold start)"
+    if not QUICK:
+        state = "cold: fresh process, empty inductor cache"
+        first_step = {name: cold_first_step(name) for name in specs}
+    times: dict[str, list[float]] = {name: [] for name in specs}
     for _ in range(rounds):
         for name, step in steps_fn.items():
-            torch.set_num_threads(1 if name == "threads=1" else threads)
+            torch.set_num_threads(specs[name].get("threads", threads))
             start = time.perf_counter()
             for _ in range(steps):
                 step()
             times[name].append((time.perf_counter() - start) / steps)
     torch.set_num_threads(threads)
-    naive_s = statistics.median(times["naive"])
-    rows = [{
-        "setting": name, "step_ms": round(1000 * statistics.median(t), 2),
-        "img_s": round(batch / statistics.median(t), 1), "speedup_vs_naive": round(naive_s / statistics.median(t), 3),
-        "same_loss_as_reference": abs(losses[name] - ref_loss) < 1e-3 * max(1.0, abs(ref_loss)),
-        "first_step_s": round(first_step[name], 2),
-        # a proxy job trains 1287 steps: what the setting saves there, net of its first step
-        "proxy_job_s": round(first_step[name] + 1286 * statistics.median(t), 1),
-        "batch": batch, "img_size": img, "model": "csppeleenet g0.5 csp",
-    } for name, t in times.items()]
+    naive_name = next(n for n in specs if n.startswith("naive"))
+    naive_s = statistics.median(times[naive_name])
+    default_name = "channels_last" if defaults["channels_last"] else "nchw"
+    if defaults["compile"] and not QUICK:
+        default_name = f"compile {default_name}"
+    rows = []
+    for name, t in times.items():
+        med = statistics.median(t)
+        rows.append({
+            "setting": name, "is_default": name == default_name, "step_ms": round(1000 * med, 2),
+            "step_ms_min": round(1000 * min(t), 2), "step_ms_max": round(1000 * max(t), 2), "rounds": len(t),
+            "img_s": round(BATCH / med, 1), "speedup_vs_naive": round(naive_s / med, 3),
+            "same_loss_as_reference": abs(losses[name] - ref_loss) < 1e-3 * max(1.0, abs(ref_loss)),
+            "first_step_s": round(first_step[name], 2), "first_step_state": state,
+            "proxy_job_s_estimate": round(first_step[name] + (PROXY_STEPS - 1) * med, 1),
+            "batch": BATCH, "img_size": IMG, "model": "csppeleenet g0.5 csp",
+        })
     correct = [r for r in rows if r["same_loss_as_reference"]]
     best = max(correct, key=lambda r: r["img_s"])
-    best_job = min(correct, key=lambda r: r["proxy_job_s"])
+    best_job = min(correct, key=lambda r: r["proxy_job_s_estimate"])
+    default = next(r for r in rows if r["is_default"])
     write_result("train_speed", rows,
-                 f"fastest correct steady state: {best['setting']} ({best['img_s']:.0f} img/s, "
-                 f"x{best['speedup_vs_naive']:.2f} vs naive); fastest proxy job incl. warm-up/compile: "
-                 f"{best_job['setting']} ({best_job['proxy_job_s']:.0f} s of training)")
+                 f"default ({default['setting']}, conf/trainer/cpu.yaml) {default['img_s']:.0f} img/s; fastest correct "
+                 f"steady state: {best['setting']} ({best['img_s']:.0f} img/s, x{best['speedup_vs_naive']:.2f} vs naive, "
+                 f"median of {rounds} round(s)); lowest estimated proxy job (first step {state} + "
+                 f"{PROXY_STEPS - 1} x median step, not a measured job): {best_job['setting']} "
+                 f"({best_job['proxy_job_s_estimate']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import torch
 from conftest import REPO, run_cli
 from torch import nn
 
-from csp_ablate import models, transform_fidelity
+from csp_ablate import models
+from csp_ablate.profile import transform as transform_fidelity
 from csp_ablate.errors import ConfigError
 from csp_ablate.models.csp_transform import CSP_BASES, CrossStagePartial, csp_name, csp_transform
 from csp_ablate.models.peleenet import FUSIONS, split_channels

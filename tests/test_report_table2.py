@@ -71,10 +71,43 @@ def make_det_record(row: str, seed: int, status: str = "completed", error: str |
     return rec
 
 
+def write_fps_csv(sweep_dir, rounds=(0, 1, 2)) -> None:
+    """fps.csv as ``python -m csp_ablate.profile sweep_dir=...`` writes it: round r of a row
+    measures the fps of METRICS[row][r] (the records' own fps is never the row's fps)."""
+    rows = [{"config_hash": f"h-{row}", "round": r, "fps": METRICS[row][r][2], "fps_device": "cpu", "fps_threads": 2,
+             "fps_batch": 1, "img_size": 320, "what": "detector network", "measured_at": "2026-01-02T10:00:00+00:00",
+             "host": "testhost"} for row in ROWS for r in rounds]
+    pd.DataFrame(rows).to_csv(sweep_dir / "fps.csv", index=False)
+
+
 @pytest.fixture
 def table2_dir(tmp_path):
     records = [make_det_record(row, seed) for seed in (0, 1, 2) for row in ROWS]
-    return write_sweep(tmp_path / "table2", records)
+    for rec in records:  # inside the busy sweep: noise that must never reach the table
+        rec["fps"] = rec["fps"] + 17.0 * (rec["seed"] == 1)
+    root = write_sweep(tmp_path / "table2", records)
+    write_fps_csv(root)
+    return root
+
+
+def test_busy_sweep_fps_is_kept_in_runs_but_never_shown(table2_dir):
+    (table2_dir / "fps.csv").unlink()
+    build_report(table2_dir)
+    runs = pd.read_csv(table2_dir / "runs.csv")
+    assert runs["fps"].notna().all()  # the records' fps stays
+    table = pd.read_csv(table2_dir / "table2.csv")
+    assert table["fps_mean"].isna().all() and table.loc[table["row"] == "efm", "fps_delta_vs_gfm"].isna().all()
+    md = (table2_dir / "table2.md").read_text()
+    assert "not measured quietly" in md and f"python -m csp_ablate.profile sweep_dir={table2_dir}" in md
+    claims = pd.read_csv(table2_dir / "claims.csv").set_index("claim")
+    assert claims.loc["efm_vs_gfm_fps", "verdict"] == "inconclusive" and claims.loc["efm_vs_gfm_fps", "n"] == 0
+
+
+def test_quiet_fps_states_device_threads_batch(table2_dir):
+    build_report(table2_dir)
+    md = (table2_dir / "table2.md").read_text()
+    assert "measured quietly" in md and "device cpu, 2 thread(s), batch 1, 320 px" in md
+    assert "over 3 interleaved rounds" in md and "testhost" in md
 
 
 EXPECTED_COLUMNS = [

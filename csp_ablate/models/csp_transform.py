@@ -43,7 +43,7 @@ because it predates it)
 
 Feature taps (``features_only``) are the backbone's own (``feature_info`` module names); a tap
 on a transformed stage sees its output (DenseNet: the concat before the exit, whose width is
-``w`` for ``last``). Measured cost of every γ × fusion: ``python -m csp_ablate.transform_fidelity``.
+``w`` for ``last``). Measured cost of every γ × fusion: ``python -m csp_ablate.profile transform=true``.
 """
 
 from __future__ import annotations
@@ -360,5 +360,5 @@ def csp_resnext50_32x4d(pretrained: bool = False, gamma: float | None = 0.5, fus
 @register_model
 def csp_darknet53(pretrained: bool = False, gamma: float | None = 0.5, fusion: str = "csp", **kwargs):
     """timm's DarkNet-53 with CSP stages; ``split='conv', expand=(2, 1, 1, 1, 1)`` at γ=0.5 csp is
-    timm's ``cspdarknet53`` layer for layer (see :mod:`csp_ablate.transform_fidelity`)."""
+    timm's ``cspdarknet53`` layer for layer (see :mod:`csp_ablate.profile.transform`)."""
     return _create("darknet53", pretrained, gamma, fusion, **kwargs)

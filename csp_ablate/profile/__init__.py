@@ -9,6 +9,10 @@ One module per concern:
   the judging of each row against the published cost (:func:`~csp_ablate.profile.fidelity.judge`).
 * :mod:`~csp_ablate.profile.markdown`: ``fidelity.csv|md`` and the CLI's one-model view.
 * :mod:`~csp_ablate.profile.figure7`: the paper's Figure 7 for the classifiers and the detectors.
+* :mod:`~csp_ablate.profile.sweep_fps`: the quiet fps of every row of a finished sweep
+  (``sweep_dir=<dir>`` -> ``<dir>/fps.csv``, read by the report).
+* :mod:`~csp_ablate.profile.transform`: the CSP transform on timm bases against timm's
+  cspdarknet53 and the paper (``transform=true``), counted independently of the rest.
 * :mod:`~csp_ablate.profile.cli`: ``python -m csp_ablate.profile`` (config ``conf/profiler.yaml``).
 
 The training code needs :func:`model_cost`, :func:`count_bflops` and :func:`measure_fps`; they

@@ -2,7 +2,9 @@
 
 One model's cost (a table or JSON), a ``-m`` sweep into ``fidelity.csv|md``, the full fidelity
 table (``fidelity=true``), the paper's Figure 7 (``figure7=classifier|detection``) or the memory
-of the detectors' feature pyramid (``feature_pyramid=true``).
+of the detectors' feature pyramid (``feature_pyramid=true``), or the quiet fps of every row of a
+finished sweep (``sweep_dir=<dir>`` -> ``<dir>/fps.csv``, :mod:`csp_ablate.profile.sweep_fps`), or the
+CSP transform's fidelity (``transform=true`` -> ``<out_dir>/transform``, :mod:`csp_ablate.profile.transform`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def check_cli(cfg) -> None:
     if cfg.figure7 is not None and cfg.figure7 not in FIGURE7:
         raise ConfigError.bad_value("figure7", cfg.figure7, FIGURE7)
     positive_int("detection.img_size", cfg.detection.img_size, 32)
+    if cfg.get("sweep_dir") is not None:
+        if not Path(str(cfg.sweep_dir)).is_dir():
+            raise ConfigError.bad_value("sweep_dir", cfg.sweep_dir, "an existing sweep dir (job dirs with record.json)")
+        positive_int("sweep_fps.rounds", cfg.sweep_fps.rounds)
+        positive_int("sweep_fps.batch", cfg.sweep_fps.batch)
+        if cfg.sweep_fps.img_size is not None:
+            positive_int("sweep_fps.img_size", cfg.sweep_fps.img_size, 32)
     positive_int("detection.num_classes", cfg.detection.num_classes)
 
 
@@ -89,6 +98,12 @@ def run_profile(cfg) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     train = OmegaConf.to_container(cfg.train, resolve=True) if cfg.train_input else None
     fps_batches = list(cfg.fps_batches) if cfg.fps else []
+    if cfg.get("sweep_dir") is not None:
+        return run_sweep_fps(cfg)
+    if cfg.get("transform"):
+        from csp_ablate.profile.transform import write_transform_fidelity
+
+        return {"rows": len(write_transform_fidelity(Path(cfg.out_dir) / "transform"))}
     if cfg.figure7 is not None:
         return run_figure7(cfg)
     if cfg.feature_pyramid:
@@ -168,6 +183,25 @@ def run_feature_pyramid(cfg) -> dict[str, Any]:
         print((out_dir / "feature_pyramid_memory.md").read_text())
         print(f"wrote {out_dir}/feature_pyramid_memory.csv|md")
     return {"rows": len(table)}
+
+
+def run_sweep_fps(cfg) -> dict[str, Any]:
+    """``sweep_dir=<dir>``: quiet fps of every configuration of a finished sweep -> ``<dir>/fps.csv``."""
+    from csp_ablate.profile.sweep_fps import FPS_CSV, summarize, write_sweep_fps
+
+    sweep_dir = Path(cfg.sweep_dir)
+    fps = write_sweep_fps(sweep_dir, rounds=int(cfg.sweep_fps.rounds), batch=int(cfg.sweep_fps.batch),
+                          threads=cfg.threads, img_size=cfg.sweep_fps.img_size, warmup=int(cfg.fps_warmup),
+                          repeats=int(cfg.fps_repeats), channels_last=bool(cfg.channels_last),
+                          max_time_s=float(cfg.fps_max_time_s) if cfg.fps_max_time_s else None)
+    summary = summarize(fps)
+    if cfg.format == "json":
+        print(json.dumps({"fps_csv": str(sweep_dir / FPS_CSV), "rows": json.loads(summary.to_json(orient="records"))}))
+    else:
+        print(summary.to_string(index=False))
+        print(f"wrote {sweep_dir / FPS_CSV} ({len(fps)} measurements); rebuild the report: "
+              f"python -m csp_ablate.report {sweep_dir}")
+    return {"rows": len(summary)}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

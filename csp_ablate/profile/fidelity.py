@@ -1,8 +1,17 @@
 """Fidelity against the paper: the model specs of Tables 1 / 3, one profiled row per spec, and
 the judging of each row against the published cost (pass / MISS / report).
 
-The targets live here (:data:`ABS_TOLERANCE_PCT`, :data:`DELTA_TOLERANCE_PT`) and are applied in
-one place, :func:`judge`. Why each residual is what it is: ``docs/fidelity.md``.
+Two tolerances, two concepts, applied in one place, :func:`judge`:
+
+* :data:`ABS_TOLERANCE_PCT`: a model's own params / BFLOPs against the paper's count, in relative %
+  per model (how exactly we rebuilt one architecture; fidelity table only).
+* a *change* in compute the paper states ("CSP cuts 13 % of the BFLOPs vs PeleeNet"): the one
+  rule of the claims files, :func:`csp_ablate.report.verdicts.judge_compute`: same sign and within
+  ±:data:`~csp_ablate.report.verdicts.COMPUTE_TOL_PT` percentage points (:data:`DELTA_TOLERANCE_PT`
+  is that constant, kept as this module's name for it), so a delta passes here iff its claim is
+  reproduced in ``claims.csv``.
+
+Why each residual is what it is: ``docs/fidelity.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from torch import nn
 
 from csp_ablate.profile.counting import bottleneck, count_bflops, model_cost, per_layer_table
 from csp_ablate.profile.throughput import measure_throughput
+from csp_ablate.report.verdicts import COMPUTE_TOL_PT, judge_compute
 
 # ---- targets (issue 4) --------------------------------------------------------------------------
 #: |ours / paper - 1| in % allowed for params and BFLOPs, per model (Table 1 at 224, Table 3 at 256).
@@ -29,8 +39,8 @@ ABS_TOLERANCE_PCT: dict[str, float] = {
     "darknet53": 2.0,
     "cspdarknet53": 2.0,
 }
-#: Compute deltas stated in the paper's text (vs PeleeNet): allowed |ours - paper| in points.
-DELTA_TOLERANCE_PT = 4.0
+#: Compute deltas stated in the paper's text (vs PeleeNet): the claims' rule, see the module docstring.
+DELTA_TOLERANCE_PT = COMPUTE_TOL_PT
 #: Agreement required between our counter and FlopCounterMode (relative, %).
 COUNTER_TOLERANCE_PCT = 1.0
 #: Reported without pass/fail, with the reason.
@@ -323,11 +333,12 @@ def judge(df, i: int, row) -> None:
         res = row["bflops_delta_pct"] - row["paper_bflops_delta_pct"]
         df.at[i, "delta_residual_pt"] = round(res, 2)
         if row["table"] == "table1":
-            good = abs(res) <= DELTA_TOLERANCE_PT
+            verdict, _ = judge_compute(float(row["bflops_delta_pct"]), float(row["paper_bflops_delta_pct"]))
+            good = verdict == "reproduced"  # same sign and within ±COMPUTE_TOL_PT points
             ok.append(good)
             checks.append(
                 f"delta {row['bflops_delta_pct']:+.1f}% vs {row['paper_bflops_delta_pct']:+.0f}% "
-                f"{'ok' if good else 'MISS'} (±{DELTA_TOLERANCE_PT:g} pt)"
+                f"{'ok' if good else 'MISS'} (same sign, ±{COMPUTE_TOL_PT:g} pt)"
             )
         else:
             why = f"; baseline is timm's {row['delta_vs']}, not darknet's" if row.get("delta_vs") in REPORT_ONLY else ""

@@ -98,7 +98,8 @@ def fidelity_markdown(table, out_dir: Path | None = None, command: str = "") -> 
         "(darknet's count); Table 1 at 224x224, Table 3 at 256x256, 1000 classes. Our hook counter is "
         "cross-checked against `torch.utils.flop_counter` (column `counter Δ`). Targets: PeleeNet ±2 %, "
         "CSPPeleeNet γ=0.5 CSP ±3 %, SPeleeNet ±5 %, Table 3 CSP/DarkNet models ±2 %; compute deltas "
-        f"vs PeleeNet ±{DELTA_TOLERANCE_PT:g} points.",
+        f"vs PeleeNet: the claims' rule (csp_ablate/report/verdicts.py `judge_compute`): same sign and "
+        f"within ±{DELTA_TOLERANCE_PT:g} points.",
         "",
         *([f"Last written by: `{command}`", ""] if command else []),
         "| table | model | γ | fusion | act | input | params M (paper, Δ%) | BFLOPs (paper, Δ%) "

@@ -11,6 +11,7 @@ import pandas as pd
 from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
 from csp_ablate.report.provenance import launches_as_json, provenance_table
+from csp_ablate.report.quiet_fps import fps_note, fps_runs, load_quiet_fps, mark_unmeasured, without_sweep_fps
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec
 from csp_ablate.report.tables import claims_table, paper_table, summary_table, variance_checks
@@ -50,7 +51,9 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
     ``summary.csv``/``.md`` (one row per configuration). With a report spec (the ``report:``
     block of ``sweeps/<sweep>.yaml``, found by the records' ``sweep`` name, or given):
     ``<table>.csv``/``.md``, ``claims.csv``/``.md`` and, if the spec has a figure,
-    ``<figure>.png``/``.svg``. Every file is written atomically.
+    ``<figure>.png``/``.svg``. Every file is written atomically. The table, claims and figure
+    take fps from ``fps.csv`` (measured quietly) or show none: a job's own fps, measured inside
+    the busy sweep, stays in ``runs.csv`` only (csp_ablate.report.quiet_fps).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -64,8 +67,9 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         spec = load_spec(spec_name or name)
     report = Report(sweep_dir=sweep_dir, sweep=name, spec=spec, runs=runs, summary=summary_table(runs))
     out = report.files
+    provenance = provenance_table(runs, spec)  # dirty/mixed-SHA rows; refuses a row mixing result keys
     out.append(write_csv_atomic(sweep_dir / "runs.csv", launches_as_json(runs), float_format=FLOAT_FORMAT))
-    out.append(write_csv_atomic(sweep_dir / "provenance.csv", provenance_table(runs, spec)))  # dirty/mixed-SHA rows
+    out.append(write_csv_atomic(sweep_dir / "provenance.csv", provenance))
     out.append(write_csv_atomic(sweep_dir / "summary.csv", report.summary, float_format=FLOAT_FORMAT))
     title = f"Summary of sweep {name}" if name else "Summary of an ad-hoc multirun"
     out.append(write_text_atomic(sweep_dir / "summary.md", summary_md(report.summary, runs, title, command)))
@@ -73,15 +77,22 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         from csp_ablate.reference import load_reference
 
         reference = load_reference(spec.reference) if spec.reference else None
-        report.table = paper_table(runs, spec, reference)
+        quiet = load_quiet_fps(sweep_dir)
+        table_runs = without_sweep_fps(runs)
+        frames = {"fps": fps_runs(runs, quiet)} if quiet is not None else {}
+        report.table = paper_table(table_runs, spec, reference, frames)
         out.append(write_csv_atomic(sweep_dir / f"{spec.table}.csv", report.table, float_format=FLOAT_FORMAT))
-        out.append(write_text_atomic(sweep_dir / f"{spec.table}.md", paper_table_md(report.table, spec, runs, command)))
+        fps_text = fps_note(quiet, sweep_dir) if "fps" in [*spec.metrics, *spec.extra_metrics] else None
+        out.append(write_text_atomic(sweep_dir / f"{spec.table}.md",
+                                     paper_table_md(report.table, spec, runs, command, fps_text)))
         if spec.claims:
-            report.claims = claims_table(runs, spec)
+            report.claims = claims_table(table_runs, spec, metric_frames=frames)
+            if quiet is None:
+                report.claims = mark_unmeasured(report.claims, sweep_dir)
             out.append(write_csv_atomic(sweep_dir / "claims.csv", report.claims, float_format=FLOAT_FORMAT))
             out.append(write_text_atomic(sweep_dir / "claims.md", claims_md(report.claims, spec, variance_checks(runs, spec))))
         if spec.figure:
             from csp_ablate.report.figure import plot_figure
 
-            out.extend(plot_figure(report.table, spec, runs, sweep_dir))
+            out.extend(plot_figure(report.table, spec, table_runs, sweep_dir))
     return report

@@ -40,10 +40,13 @@ def plot_figure(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, out_d
     delta_col = f"{y}_delta{spec.suffix(spec.baseline)}"
     many = len(rows) > 4  # the legend goes below the axes, where it hides no point
     fig, ax = plt.subplots(figsize=(6.4, 4.6 + 0.22 * len(rows) if many else 4.6), dpi=150)
-    gaps = []
+    gaps, no_x = [], []
     for i, row in rows.iterrows():
-        if row["n"] == 0 or pd.isna(row[f"{y}_mean"]) or pd.isna(row[x_col]):
+        if row["n"] == 0 or pd.isna(row[f"{y}_mean"]):
             gaps.append(row["label"])
+            continue
+        if pd.isna(row[x_col]):  # fps without fps.csv: the busy sweep's fps is never plotted
+            no_x.append(row["label"])
             continue
         ci = row[f"{y}_ci95"] if pd.notna(row[f"{y}_ci95"]) else 0.0
         xerr = None
@@ -74,9 +77,12 @@ def plot_figure(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, out_d
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), title=title, title_fontsize=7)
         else:
             ax.legend(fontsize=7, loc="best", title=title, title_fontsize=7)
-    if gaps:
-        ax.text(0.01, 0.01, "no completed run: " + ", ".join(gaps), transform=ax.transAxes, fontsize=7,
-                color="firebrick", va="bottom")
+    notes = ["no completed run: " + ", ".join(gaps)] if gaps else []
+    if no_x:
+        how = " (python -m csp_ablate.profile sweep_dir=<sweep dir>)" if x == "fps" else ""
+        notes.append(textwrap.fill(f"{x} not measured{' quietly' if x == 'fps' else ''}{how}: " + ", ".join(no_x), 100))
+    if notes:
+        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="firebrick", va="bottom")
     fig.tight_layout()
     paths = []
     for suffix in ("png", "svg"):

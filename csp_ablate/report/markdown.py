@@ -73,7 +73,7 @@ METRIC_TEXT = {  # what a metric is, for the sentence above a table
     "ap50": "AP50 = box AP at IoU 0.50 in %",
     "fps": "fps = frames/s measured at batch 1 on the run's own device",
 }
-SIGN_ONLY_NOTE = ("fps is measured on the run's device (a shared CPU for the proxy tiers), so only the sign of an "
+SIGN_ONLY_NOTE = ("fps is measured on this project's device (a CPU for the proxy tiers), so only the sign of an "
                   "fps change is comparable with the paper's GPU fps")
 
 
@@ -81,7 +81,10 @@ def _metric_label(metric: str) -> str:
     return METRIC_INFO[metric]["label"]
 
 
-def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, command: str | None = None) -> str:
+def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, command: str | None = None,
+                   fps_text: str | None = None) -> str:
+    """The paper-shaped table; ``fps_text`` (csp_ablate.report.quiet_fps.fps_note) says how the
+    fps column was measured, or that it was not."""
     labels = {r.id: r.label for r in spec.rows}
     base_labels = [labels[b] for b in spec.baselines]
     single = len(spec.baselines) == 1
@@ -128,7 +131,7 @@ def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, co
     lines = [
         f"**{spec.title}** (ours beside the paper's)",
         "",
-        _table_intro(spec, runs, base_labels),
+        _table_intro(spec, runs, base_labels, fps_text),
         *command_lines(command),
         "",
         to_md(view),
@@ -144,8 +147,8 @@ def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, co
     return "\n".join(lines) + "\n"
 
 
-def _table_intro(spec: ReportSpec, runs: pd.DataFrame, base_labels: list[str]) -> str:
-    what = ", ".join(METRIC_TEXT[m] for m in spec.metrics)
+def _table_intro(spec: ReportSpec, runs: pd.DataFrame, base_labels: list[str], fps_text: str | None = None) -> str:
+    what = ", ".join(METRIC_TEXT[m] for m in spec.metrics if not (m == "fps" and fps_text))
     units = ", ".join(f"{_metric_label(m)} in {METRIC_INFO[m]['unit']}" for m in spec.metrics)
     sign_only = [m for m in spec.metrics if m in SIGN_ONLY_METRICS]
     return (
@@ -154,6 +157,7 @@ def _table_intro(spec: ReportSpec, runs: pd.DataFrame, base_labels: list[str]) -
         f"Deltas are against {' and '.join(base_labels)}: compute in relative %, {units} "
         f"(95 % interval with the within-row variance pooled across the rows{'; fps: Welch' if sign_only else ''}; "
         f"csp_ablate/report/verdicts.py).{' ' + SIGN_ONLY_NOTE + '.' if sign_only else ''} "
+        f"{fps_text + '. ' if fps_text and 'fps' in spec.metrics else ''}"
         f"Paper: csp_ablate/reference/reference.csv ({DASH} = not published)."
     )
 

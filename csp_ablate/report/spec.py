@@ -54,7 +54,7 @@ METRIC_INFO: dict[str, dict[str, Any]] = {
            "value": "AP {:.2f}"},
     "ap50": {"label": "AP50", "unit": "points", "digits": 2, "axis": "AP50 on the val set (%)",
              "value": "AP50 {:.2f}"},
-    "fps": {"label": "fps", "unit": "frames/s", "digits": 1, "axis": "frames/s (batch 1, this run's device)",
+    "fps": {"label": "fps", "unit": "frames/s", "digits": 1, "axis": "frames/s (fps.csv: measured quietly)",
             "value": "{:.1f} fps"},
 }
 # Metrics whose claims are judged on the sign of the change only: a CPU proxy's fps is not

@@ -102,15 +102,19 @@ def assign_rows(runs: pd.DataFrame, spec: ReportSpec) -> pd.Series:
     return row_id
 
 
-def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | None) -> pd.DataFrame:
+def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | None,
+                metric_frames: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """The spec's rows in order: ours (mean, CI, deltas vs each baseline) beside the paper's.
 
     Columns: row, label, the match keys, n, n_failed, params_m, bflops, ``bflops_delta_pct<sfx>``
     per baseline, per metric ``<m>_mean``, ``<m>_ci95`` and per baseline ``<m>_delta<sfx>``,
     ``<m>_delta<sfx>_ci95``; ``<m>_mean``/``_ci95`` of the extra metrics, train_time_s_mean, the
     paper columns, note. ``<sfx>`` is ``spec.suffix(baseline)``: empty for a single baseline.
+    ``metric_frames``: a runs-shaped frame per metric whose values come from elsewhere (fps from
+    ``fps.csv``, see csp_ablate.report.quiet_fps): that metric's means, CIs and deltas use it.
     """
     frame = runs.assign(row=assign_rows(runs, spec))
+    by_metric = {m: f.assign(row=assign_rows(f, spec)) for m, f in (metric_frames or {}).items()}
     metrics = list(dict.fromkeys([*METRICS, *spec.metrics, *spec.extra_metrics]))
     agg = aggregate(frame[frame["row"].notna()], "row", metrics).set_index("row")
     ids = [r.id for r in spec.rows]
@@ -133,23 +137,34 @@ def paper_table(runs: pd.DataFrame, spec: ReportSpec, reference: pd.DataFrame | 
         base_bflops = agg.at[base, "bflops"]
         out[f"bflops_delta_pct{spec.suffix(base)}"] = [_pct(b, base_bflops) for b in out["bflops"]]
     for metric in spec.metrics:
-        evidence = evidence_for(frame, spec, metric)
-        out[f"{metric}_mean"] = agg[f"{metric}_mean"].to_numpy(dtype=float)
-        out[f"{metric}_ci95"] = agg[f"{metric}_ci95"].to_numpy(dtype=float)
+        source = by_metric.get(metric, frame)
+        evidence = evidence_for(source, spec, metric)
+        means = _metric_agg(source, ids, metric) if metric in by_metric else agg
+        out[f"{metric}_mean"] = means[f"{metric}_mean"].to_numpy(dtype=float)
+        out[f"{metric}_ci95"] = means[f"{metric}_ci95"].to_numpy(dtype=float)
         for base in spec.baselines:
             col = f"{metric}_delta{spec.suffix(base)}"
-            deltas = [_delta_ci(evidence(rid, base)) if rid != base else (0.0, math.nan) for rid in ids]
+            has_base = bool(np.isfinite(out.loc[ids.index(base), f"{metric}_mean"]))  # fps without fps.csv: none
+            deltas = [_delta_ci(evidence(rid, base)) if rid != base else (0.0 if has_base else math.nan, math.nan)
+                      for rid in ids]
             out[col] = [d for d, _ in deltas]
             out[f"{col}_ci95"] = [c for _, c in deltas]
     for metric in spec.extra_metrics:
-        out[f"{metric}_mean"] = agg[f"{metric}_mean"].to_numpy(dtype=float)
-        out[f"{metric}_ci95"] = agg[f"{metric}_ci95"].to_numpy(dtype=float)
+        means = _metric_agg(by_metric[metric], ids, metric) if metric in by_metric else agg
+        out[f"{metric}_mean"] = means[f"{metric}_mean"].to_numpy(dtype=float)
+        out[f"{metric}_ci95"] = means[f"{metric}_ci95"].to_numpy(dtype=float)
     out["train_time_s_mean"] = agg["train_time_s_mean"].to_numpy(dtype=float)
     paper = _paper_columns(spec, reference)
     out = pd.concat([out, paper], axis=1)
     out["note"] = [("baseline" + ("; " + n if n else "")) if rid in spec.baselines else n
                    for rid, n in zip(ids, agg["note"])]
     return out
+
+
+def _metric_agg(frame: pd.DataFrame, ids: list[str], metric: str) -> pd.DataFrame:
+    """``<metric>_mean``/``_ci95`` per spec row (NaN for rows ``frame`` lacks); ``frame`` has ``row``."""
+    agg = aggregate(frame[frame["row"].notna()], "row", [metric])
+    return agg.set_index("row").reindex(ids)
 
 
 def _values(frame: pd.DataFrame, row_id: str, metric: str) -> np.ndarray:
@@ -281,15 +296,19 @@ CLAIM_COLUMNS = [
 ]
 
 
-def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True, with_holm: bool = True) -> pd.DataFrame:
+def claims_table(runs: pd.DataFrame, spec: ReportSpec, with_power: bool = True, with_holm: bool = True,
+                 metric_frames: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per claim: the paper's effect, ours with its 95 % interval, the verdict (and
     Holm's across the statistical claims), power, and the reason (csp_ablate.report.verdicts).
 
     ``with_power`` / ``with_holm`` False leave ``mde80``/``seeds_needed`` / ``verdict_holm``
     empty: simulations that only need the verdicts run ~10x faster; so does a ``runs`` frame
-    that already has its ``row`` column (:func:`assign_rows`)."""
+    that already has its ``row`` column (:func:`assign_rows`). ``metric_frames`` as in
+    :func:`paper_table` (the fps claims on the quiet fps rounds)."""
     frame = runs if "row" in runs else runs.assign(row=assign_rows(runs, spec))
-    evidence = {m: evidence_for(frame, spec, m) for m in dict.fromkeys(c.metric for c in spec.claims) if m != "bflops"}
+    by_metric = {m: f if "row" in f else f.assign(row=assign_rows(f, spec)) for m, f in (metric_frames or {}).items()}
+    evidence = {m: evidence_for(by_metric.get(m, frame), spec, m)
+                for m in dict.fromkeys(c.metric for c in spec.claims) if m != "bflops"}
     cost = row_values(frame.assign(status="completed"), spec, "bflops")  # a failed run that got far has its cost
     n_done = frame[frame["status"] == "completed"].groupby("row").size().to_dict()
     records, p_rep, p_con = [], [], []

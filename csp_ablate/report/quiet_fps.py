@@ -1,0 +1,92 @@
+"""The row's fps comes from ``<sweep dir>/fps.csv`` (measured quietly), never from a busy sweep.
+
+A job's record keeps the fps it measured inside the sweep (``runs.csv`` shows it), but that
+number is measured while the other job or CI uses the CPU, so it is noise between rows. The
+paper table, its figure and the fps claims use ``fps.csv`` from
+``python -m csp_ablate.profile sweep_dir=<dir>`` (:mod:`csp_ablate.profile.sweep_fps`): one
+measurement per configuration and interleaved round. Each round is one sample of the row (the
+fps claims are judged, sign only, on the rounds: n = rounds). Without ``fps.csv`` the fps cells
+are empty and the table says how to measure them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("csp_ablate.report")
+
+FPS_CSV = "fps.csv"  # = csp_ablate.profile.sweep_fps.FPS_CSV (the report must not import torch)
+
+
+def load_quiet_fps(sweep_dir: Path) -> pd.DataFrame | None:
+    """``<sweep_dir>/fps.csv`` as a frame, or None when absent, unreadable or empty."""
+    path = Path(sweep_dir) / FPS_CSV
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path, dtype={"config_hash": str})
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable %s: %s", path, err)
+        return None
+    needed = {"config_hash", "round", "fps", "fps_device", "fps_threads", "fps_batch", "img_size"}
+    if frame.empty or not needed <= set(frame.columns):
+        log.warning("ignoring %s: no rows or missing columns %s", path, sorted(needed - set(frame.columns)))
+        return None
+    return frame
+
+
+def without_sweep_fps(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the busy-sweep fps blanked: what the tables and claims read for other metrics."""
+    return runs.assign(fps=math.nan) if "fps" in runs else runs
+
+
+def fps_runs(runs: pd.DataFrame, quiet: pd.DataFrame) -> pd.DataFrame:
+    """A runs-shaped frame with one completed row per configuration x round of ``quiet``: the
+    axes of that configuration's records, ``seed`` = the round, ``fps`` = the quiet measurement.
+    Configurations of ``quiet`` that no completed record has are dropped (another sweep's file)."""
+    done = runs[runs["status"] == "completed"].drop_duplicates("config_hash").set_index("config_hash")
+    keep = quiet[quiet["config_hash"].isin(done.index)]
+    dropped = set(quiet["config_hash"]) - set(done.index)
+    if dropped:
+        log.warning("fps.csv has %d config(s) with no completed record here: ignored", len(dropped))
+    rows = done.loc[keep["config_hash"]].reset_index()
+    rows["seed"] = keep["round"].to_numpy()
+    rows["fps"] = pd.to_numeric(keep["fps"], errors="coerce").to_numpy()
+    return rows[runs.columns]
+
+
+def fps_note(quiet: pd.DataFrame | None, sweep_dir: Path | str) -> str:
+    """The sentence on how the table's fps was measured (or that it was not)."""
+    if quiet is None:
+        return (f"fps: not measured quietly, so not shown (the fps each job recorded inside the busy sweep "
+                f"stays in runs.csv but is noise between rows): run `python -m csp_ablate.profile "
+                f"sweep_dir={sweep_dir}` on an otherwise idle machine, then `python -m csp_ablate.report {sweep_dir}`")
+
+    def one(col: str) -> str:
+        values = sorted({str(v) for v in quiet[col].dropna()}) if col in quiet else []
+        return "/".join(values) if values else "?"
+
+    rounds = quiet.groupby("config_hash")["round"].nunique()
+    what = f", {one('what')}" if "what" in quiet else ""
+    when = ""
+    if "measured_at" in quiet and quiet["measured_at"].notna().any():
+        when = f" on {str(quiet['measured_at'].dropna().min())[:16].replace('T', ' ')} UTC"
+    host = f" ({one('host')})" if "host" in quiet else ""
+    n = f"{int(rounds.min())}–{int(rounds.max())}" if rounds.min() != rounds.max() else f"{int(rounds.max())}"
+    return (f"fps = frames/s measured quietly after the sweep (`python -m csp_ablate.profile sweep_dir=...` "
+            f"-> fps.csv{when}{host}): device {one('fps_device')}, {one('fps_threads')} thread(s), batch "
+            f"{one('fps_batch')}, {one('img_size')} px{what}; mean ± 95 % interval over {n} interleaved "
+            f"rounds (n = rounds for the fps deltas and claims)")
+
+
+def mark_unmeasured(claims: pd.DataFrame, sweep_dir: Path | str) -> pd.DataFrame:
+    """Without fps.csv the fps claims are inconclusive for want of a quiet measurement: say so
+    (instead of "no completed run"), with the command that measures it."""
+    fps = claims["metric"] == "fps"
+    claims.loc[fps, "reason"] = (f"fps not measured quietly (no fps.csv; the sweep's own fps is noise): run "
+                                 f"python -m csp_ablate.profile sweep_dir={sweep_dir}")
+    return claims

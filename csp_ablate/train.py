@@ -36,7 +36,9 @@ from csp_ablate.distributed import (
 )
 from csp_ablate import validate
 from csp_ablate.errors import ConfigError, raised_by_checkpoint_load
-from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
+from csp_ablate.tracking import (
+    build_logger, close_wandb, continue_wandb_run, finish_logger, start_wandb_early, wandb_logger, wandb_run_id,
+)
 from csp_ablate.record import base_record, git_state, now_iso, output_dir, summary_line, write_record
 from csp_ablate.tasks import task_spec
 from csp_ablate.tasks.classification import build_model  # noqa: F401  (benchmarks import it from here)
@@ -77,23 +79,6 @@ def build_task_model(cfg: DictConfig, datamodule, rank_zero: bool) -> tuple[nn.M
     return built.model, built.task_kwargs, built.cost
 
 
-def _wandb(logger):
-    return logger if type(logger).__name__ == "WandbLogger" else None
-
-
-def _continue_wandb_run(logger, history: list[dict[str, Any]]) -> None:
-    """A resumed run logs into the same W&B run (its id from the launch history)."""
-    run_ids = [h["wandb_run_id"] for h in history if h.get("wandb_run_id")]
-    if not run_ids or _wandb(logger) is None:
-        return
-    init = getattr(logger, "_wandb_init", None)  # WandbLogger keeps its wandb.init kwargs here
-    if isinstance(init, dict) and getattr(logger, "_experiment", None) is None:
-        init.update(id=run_ids[-1], resume="allow")
-        logger._id = run_ids[-1]
-    else:
-        log.warning("could not point the W&B logger at run %s: the resumed run logs as a new W&B run", run_ids[-1])
-
-
 class _WandbIdToHistory(L.Callback):
     """Rank 0 notes the W&B run id in the launch history, so a relaunch continues that run."""
 
@@ -102,9 +87,9 @@ class _WandbIdToHistory(L.Callback):
         self.out = out
 
     def on_train_start(self, trainer, pl_module) -> None:
-        wb = _wandb(trainer.logger)
-        if trainer.is_global_zero and wb is not None:
-            ckpt.append_history(self.out, {"event": "wandb", "wandb_run_id": wb.experiment.id})
+        run_id = wandb_run_id(trainer.logger) if trainer.is_global_zero else None
+        if run_id is not None:
+            ckpt.append_history(self.out, {"event": "wandb", "wandb_run_id": run_id})
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -159,8 +144,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
         logger = build_logger(cfg, record, early=early, resume_step=resumed["global_step"] if resumed else None)
-        if resumed is not None:
-            _continue_wandb_run(logger, history)
+        run_ids = [h["wandb_run_id"] for h in history if h.get("wandb_run_id")]
+        if resumed is not None and run_ids:  # a resumed run logs into the same W&B run
+            continue_wandb_run(logger, run_ids[-1])
         callbacks: list[L.Callback] = []
         if cfg.trainer.get("enable_progress_bar", True):
             from lightning.pytorch.callbacks import TQDMProgressBar
@@ -172,7 +158,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
         callbacks += ck_callbacks
-        if _wandb(logger) is not None and ck_callbacks:
+        if wandb_logger(logger) is not None and ck_callbacks:
             callbacks.append(_WandbIdToHistory(out))
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -191,7 +177,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         )
     except BaseException:  # the job failed before training: close the W&B run it opened
         if logger is not None:
-            _close_wandb(logger, exit_code=1)
+            close_wandb(logger, exit_code=1)
         elif early is not None:
             early.abort()
         raise
@@ -246,12 +232,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             "launches": launch, "resumed_from_step": resumed["global_step"] if resumed else None,
             "world_size": trainer.world_size, "threads": threads, "eval_time_s": eval_time,
         }
-        if _wandb(logger) is not None:
+        if wandb_logger(logger) is not None:
             logger.experiment.summary.update(extra)
         finish_logger(logger, record)
         note(out, {"event": "end", "launch": launch, **extra})
     except SIGTERMException:
-        _close_wandb(logger, exit_code=1)
+        close_wandb(logger, exit_code=1)
         ctrl_c = any(getattr(c, "stopped_by", None) == "SIGINT" for c in ck_callbacks)
         if rank_zero:
             note(out, {"event": "stopped", "launch": launch, "global_step": trainer.global_step,
@@ -263,7 +249,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             preempt.requeue()  # submitit: resubmit this job (same output dir) and exit
         raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports a killed job
     except BaseException:
-        _close_wandb(logger, exit_code=1)
+        close_wandb(logger, exit_code=1)
         raise
     path = write_record(cfg, record)
     line = summary_line(record, path)
@@ -275,9 +261,3 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     print(line, flush=True)
     return record
 
-
-def _close_wandb(logger, exit_code: int) -> None:
-    """Mark an open W&B run as failed; never create one just to close it."""
-    wb = _wandb(logger)
-    if wb is not None and getattr(wb, "_experiment", None) is not None:
-        wb.experiment.finish(exit_code=exit_code)

@@ -98,7 +98,7 @@ def test_axis_that_does_not_apply_is_rejected(tmp_path):
 
 
 def test_wandb_offline_run_holds_summary(tmp_path, data_override):
-    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_offline import find_offline_runs, read_offline_run
 
     proc = run_cli("tier=smoke", "logger=wandb", f"hydra.run.dir={tmp_path}", *data_override,
                    env={"WANDB_MODE": "offline"})
@@ -117,7 +117,7 @@ def test_wandb_offline_run_holds_summary(tmp_path, data_override):
 @pytest.mark.slow
 def test_wandb_key_without_network_finishes_offline(tmp_path, data_override):
     """A (fake) API key and no reachable server (loopback discard port): one warning, offline run."""
-    from csp_ablate.wandb_offline import find_offline_runs
+    from wandb_offline import find_offline_runs
 
     import os
     import subprocess

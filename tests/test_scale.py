@@ -383,7 +383,7 @@ def test_cpu_ddp_two_ranks_in_a_multirun(tmp_path, compose, data_override):
     """2 jobs x 2 gloo ranks: both ranks train, rank 0 alone writes record and W&B run, top-1 is
     over the whole test set (same as a 1-process eval of the final checkpoint), and the rank
     Lightning re-launches runs its own job, not the sweep, without a Hydra dir of its own."""
-    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_offline import find_offline_runs, read_offline_run
 
     proc = run_cli(
         "-m", "seed=0,1", *SMOKE, "logger=wandb", "trainer=ddp", "trainer.accelerator=cpu",

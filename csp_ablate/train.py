@@ -6,6 +6,10 @@ before any model is built or W&B run opened), then the checkpoint to resume from
 leaves an honest partial record), and the record is written last, atomically, with
 ``status=completed``.
 
+Nothing here is task-specific: the task's factory module (:func:`csp_ablate.tasks.task_spec`,
+chosen by ``cfg.task.name``) builds and costs the model, computes the final metrics and says
+what the fps measurement times; W&B is reached only through :mod:`csp_ablate.tracking`.
+
 Scale-out (issue 7): ``threads`` and precision are resolved here (:mod:`csp_ablate.distributed`);
 under DDP every rank runs this function, each rank loads its share of every batch, and only
 global rank 0 counts the cost, opens the W&B run and writes ``record.json``. Each run
@@ -36,12 +40,12 @@ from csp_ablate.distributed import (
 )
 from csp_ablate import validate
 from csp_ablate.errors import ConfigError, raised_by_checkpoint_load
-from csp_ablate.tracking import (
-    build_logger, close_wandb, continue_wandb_run, finish_logger, start_wandb_early, wandb_logger, wandb_run_id,
-)
 from csp_ablate.record import base_record, git_state, now_iso, output_dir, summary_line, write_record
 from csp_ablate.tasks import task_spec
 from csp_ablate.tasks.classification import build_model  # noqa: F401  (benchmarks import it from here)
+from csp_ablate.tracking import (
+    build_logger, close_wandb, continue_wandb_run, finish_logger, start_wandb_early, wandb_logger, wandb_run_id,
+)
 
 log = logging.getLogger("csp_ablate")
 

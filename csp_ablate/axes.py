@@ -38,7 +38,7 @@ RECORD_AXES: tuple[str, ...] = (
     "task", "dataset", "model", "gamma", "fusion", "neck", "extras", "activation", "tier",
     "img_size", "epochs",
 )
-#: The W&B tags of a run (``fusion:last``), filterable in the UI (:func:`csp_ablate.loggers.axis_tags`).
+#: The W&B tags of a run (``fusion:last``), filterable in the UI (:func:`csp_ablate.tracking.axis_tags`).
 TAG_AXES: tuple[str, ...] = ("model", "gamma", "fusion", "activation", "neck", "extras", "tier", "dataset", "seed")
 #: What names a run in a log line, in order.
 LABEL_AXES: tuple[str, ...] = ("model", "gamma", "fusion", "neck", "extras", "activation", "tier", "seed")

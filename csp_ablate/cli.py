@@ -4,6 +4,8 @@ Hydra prints its own errors (unknown key, unknown group option) in 6-17 lines an
 the last of two overrides of one key, and a multirun exits 0 whatever its jobs did. Scripts and
 CI need better, so :func:`run` (called by ``python -m csp_ablate``):
 
+* reads ``backbone=<name>`` as ``model=<name>`` (:data:`ALIASES`: the backbone is the ``model``
+  group, also under the detector); giving both with different values is an error, exit 2;
 * refuses a command line that overrides one key twice (``gamma=0.3 gamma=0.4``) or gives an
   empty ``hydra.run.dir=`` / ``hydra.sweep.dir=`` (the run would write into the current dir);
 * turns Hydra's composition errors into one paragraph (unknown key with the closest valid key,
@@ -42,6 +44,40 @@ def error_exit(message: str, code: int = 2) -> None:
 
 
 # ---- the command line before Hydra sees it ------------------------------------------------------
+#: Alias -> config group. ``model`` is the group's name (conf/model/); ``backbone`` is its alias,
+#: the word the paper and the detector (backbone -> neck -> head) use for the same choice.
+ALIASES: dict[str, str] = {"backbone": "model"}
+
+
+def resolve_aliases(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each alias override (``backbone=peleenet``, ``backbone=a,b``) rewritten to
+    its group (``model=...``). The alias and its group with the same value collapse into one;
+    with different values, or an alias given twice, :class:`ConfigError`."""
+    out: list[str] = []
+    given: dict[str, tuple[str, str]] = {}  # group -> (first override text, its value)
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        group = ALIASES.get(key, key) if eq else None
+        if group is None or (key not in ALIASES and group not in ALIASES.values()):
+            out.append(arg)
+            continue
+        if group in given:
+            first, first_value = given[group]
+            if key == group and first.startswith(f"{group}="):
+                out.append(arg)  # model=a model=b: precheck names the duplicate
+                continue
+            if first_value != value:
+                raise ConfigError(
+                    f"Conflicting choices for the model: {first} and {arg} ('{key}' and '{first.partition('=')[0]}' "
+                    f"are the same choice: {', '.join(f'{a}= is an alias of {g}=' for a, g in ALIASES.items())}). "
+                    f"Give one of them."
+                )
+            continue  # the same value twice: one choice
+        given[group] = (arg, value)
+        out.append(f"{group}={value}")
+    return out
+
+
 def precheck(argv: Sequence[str]) -> None:
     """Raise :class:`ConfigError` for a key overridden twice or an empty run/sweep dir."""
     from hydra._internal.utils import get_args_parser
@@ -184,8 +220,12 @@ def run(hydra_main: Callable[[], Any], argv: Sequence[str] | None = None) -> Non
     """Run the Hydra entry ``hydra_main`` as ``python -m csp_ablate`` does (see module docstring)."""
     from csp_ablate import callbacks
 
+    from_sys = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        argv = resolve_aliases(argv)  # every rank: a relaunched rank sees the same command
+        if from_sys:
+            sys.argv[1:] = argv  # Hydra reads sys.argv
         if callbacks._is_rank_zero():  # a DDP rank > 0 runs the command its rank 0 already checked
             precheck(argv)
     except ConfigError as err:

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from csp_ablate.atomic import write_json_atomic
+from csp_ablate.axes import LABEL_AXES
 from csp_ablate.identity import config_hash  # noqa: F401  (re-exported: the one identity)
 from csp_ablate.threads import resolve_threads
 
@@ -155,6 +156,21 @@ def write_record(cfg: DictConfig, record: Mapping[str, Any]) -> Path:
     ordered = {key: record.get(key) for key in RECORD_KEYS}
     ordered["wandb_dir"] = relative_to_record(ordered["wandb_dir"], output_dir(cfg))
     return write_json_atomic(output_dir(cfg) / RECORD_FILE, ordered)
+
+
+def summary_line(record: Mapping[str, Any], path: Any) -> str:
+    """The one line a finished job prints: its axes, its quality and cost, and where its record is."""
+    axes = " ".join(f"{k}={record[k]}" for k in LABEL_AXES if record.get(k) not in (None, ""))
+
+    def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)
+        return "n/a" if record.get(key) is None else format(record[key], fmt)
+
+    quality = (f"ap={num('ap', '.2f')}% ap50={num('ap50', '.2f')}%" if record.get("task") == "detection"
+               else f"top1={num('top1', '.2f')}% val_top1={num('val_top1', '.2f')}%")
+    return (
+        f"[csp_ablate] {record['status']}: {axes} | {quality} params={num('params_m', '.3f')}M "
+        f"bflops={num('bflops', '.3f')} train={num('train_time_s', '.0f')}s | record: {path}"
+    )
 
 
 def read_record(path: Path) -> dict[str, Any]:

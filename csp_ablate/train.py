@@ -6,6 +6,10 @@ before any model is built or W&B run opened), then the checkpoint to resume from
 leaves an honest partial record), and the record is written last, atomically, with
 ``status=completed``.
 
+Nothing here is task-specific: the task's factory module (:func:`csp_ablate.tasks.task_spec`,
+chosen by ``cfg.task.name``) builds and costs the model, computes the final metrics and says
+what the fps measurement times; W&B is reached only through :mod:`csp_ablate.tracking`.
+
 Scale-out (issue 7): ``threads`` and precision are resolved here (:mod:`csp_ablate.distributed`);
 under DDP every rank runs this function, each rank loads its share of every batch, and only
 global rank 0 counts the cost, opens the W&B run and writes ``record.json``. Each run
@@ -36,8 +40,12 @@ from csp_ablate.distributed import (
 )
 from csp_ablate import validate
 from csp_ablate.errors import ConfigError, raised_by_checkpoint_load
-from csp_ablate.loggers import build_logger, finish_logger, start_wandb_early
-from csp_ablate.record import base_record, git_state, now_iso, output_dir, write_record
+from csp_ablate.record import base_record, git_state, now_iso, output_dir, summary_line, write_record
+from csp_ablate.tasks import task_spec
+from csp_ablate.tasks.classification import build_model  # noqa: F401  (benchmarks import it from here)
+from csp_ablate.tracking import (
+    build_logger, close_wandb, continue_wandb_run, finish_logger, start_wandb_early, wandb_logger, wandb_run_id,
+)
 
 log = logging.getLogger("csp_ablate")
 
@@ -69,126 +77,10 @@ def _route_lightning_logs() -> None:
 _OUR_TRAINER_KEYS = ("channels_last", "compile")  # in the trainer group, but not Trainer kwargs
 
 
-def build_model(cfg: DictConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """timm model from the ``model`` group: every key but ``name`` is a constructor kwarg."""
-    from csp_ablate.models import create_backbone
-
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    name = kwargs.pop("name")
-    return create_backbone(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-
-
-def _cost_fields(cfg: DictConfig, paper_model: nn.Module, model: nn.Module) -> dict[str, Any]:
-    """The record's cost: ``paper_model`` at the paper's input, ``model`` as trained (BFLOPs)."""
-    paper = profile.model_cost(paper_model, cfg.profile.paper_img_size, 3)
-    return {
-        "params_m": round(paper["params_m"], 4),
-        "bflops": round(paper["bflops"], 4),
-        "cio_m": round(paper["cio_m"], 4),
-        "bflops_train": round(profile.count_bflops(model, cfg.data.img_size, cfg.data.channels), 5),
-    }
-
-
-def measure_cost(cfg: DictConfig, model: nn.Module) -> dict[str, Any]:
-    """Params, BFLOPs and CIO at the paper's input (224², 1000 classes); BFLOPs as trained."""
-    return _cost_fields(cfg, build_model(cfg, num_classes=cfg.profile.paper_num_classes, in_chans=3), model)
-
-
-def resolve_anchors(cfg: DictConfig, datamodule) -> list[list[list[float]]]:
-    """``detector.anchors``: explicit pixels, or ``auto`` = k-means on the training boxes."""
-    anchors = cfg.detector.get("anchors", "auto")
-    if anchors in (None, "auto"):
-        from csp_ablate.models.heads import kmeans_anchors
-
-        boxes = datamodule.train_boxes_wh()
-        found = kmeans_anchors(boxes, seed=0)
-        log.info("anchors (k-means on %d training boxes, input pixels): %s", len(boxes), found)
-        return [[list(a) for a in scale] for scale in found]
-    anchors = OmegaConf.to_container(anchors, resolve=True) if not isinstance(anchors, list) else anchors
-    if (len(anchors) != 3 or len({len(scale) for scale in anchors}) != 1 or not anchors[0]
-            or any(len(a) != 2 for scale in anchors for a in scale)):
-        raise ConfigError.bad_value("detector.anchors", anchors,
-                                    "auto, or 3 scales with the same number of [w, h] pairs (input pixels)")
-    return anchors
-
-
-def build_detector_from_cfg(cfg: DictConfig, num_classes: int, anchors, in_chans: int) -> nn.Module:
-    from csp_ablate.models.detector import build_detector
-
-    return build_detector(
-        OmegaConf.to_container(cfg.model, resolve=True), cfg.neck, list(cfg.get("extras") or []),
-        num_classes=num_classes, anchors=anchors, in_chans=in_chans,
-        neck_channels=int(cfg.detector.get("neck_channels", 128)),
-    )
-
-
-def measure_detector_cost(cfg: DictConfig, model: nn.Module, anchors) -> dict[str, Any]:
-    """Whole detector (backbone + neck + head) at the paper's input (320², 80 classes); as trained."""
-    return _cost_fields(cfg, build_detector_from_cfg(cfg, cfg.profile.paper_num_classes, anchors, in_chans=3), model)
-
-
 def build_task_model(cfg: DictConfig, datamodule, rank_zero: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """(model, extra task kwargs, cost) for ``cfg.task.name``; only rank 0 counts the cost."""
-    if cfg.task.name == "detection":
-        anchors = resolve_anchors(cfg, datamodule)
-        model = build_detector_from_cfg(cfg, datamodule.num_classes, anchors, in_chans=cfg.data.channels)
-        cost = measure_detector_cost(cfg, model, anchors) if rank_zero else {}
-        box_loss = "giou" if "giou" in (cfg.get("extras") or []) else "mse"
-        return model, {"box_loss": box_loss, "seed": int(cfg.seed)}, cost
-    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
-    return model, {}, (measure_cost(cfg, model) if rank_zero else {})
-
-
-def summary_line(record: dict[str, Any], path) -> str:
-    axes = " ".join(
-        f"{k}={record[k]}" for k in ("model", "gamma", "fusion", "neck", "extras", "activation", "tier", "seed")
-        if record.get(k) not in (None, "")
-    )
-
-    def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)
-        return "n/a" if record.get(key) is None else format(record[key], fmt)
-
-    quality = (f"ap={num('ap', '.2f')}% ap50={num('ap50', '.2f')}%" if record.get("task") == "detection"
-               else f"top1={num('top1', '.2f')}% val_top1={num('val_top1', '.2f')}%")
-    return (
-        f"[csp_ablate] {record['status']}: {axes} | {quality} params={num('params_m', '.3f')}M "
-        f"bflops={num('bflops', '.3f')} train={num('train_time_s', '.0f')}s | record: {path}"
-    )
-
-
-def check_schedule(cfg: DictConfig) -> None:
-    """tier=paper counts steps, as the paper does; a model without a known count must say so."""
-    trainer = cfg.trainer
-    if trainer.get("max_steps") is None:
-        raise ConfigError(
-            f"tier={cfg.get('tier')} has no training length for model={cfg.model.name}: the paper "
-            f"trains PeleeNet-family models for 1,600,000 steps and ResNet/ResNeXt-based ones for "
-            f"8,000,000. Set trainer.max_steps=<steps> (or add the model to "
-            f"paper_schedule.classification.steps_by_model in conf/tier/paper.yaml)."
-        )
-    if cfg.get("tier") == "paper" and "FashionDet" in str(cfg.data.get("_target_", "")):
-        log.warning("tier=paper with data=fashion_det: the paper's schedule is for COCO (data=coco data.root=...)")
-    if cfg.get("tier") == "paper" and "FashionMNIST" in str(cfg.data.get("_target_", "")):
-        log.warning("tier=paper with data=fashion_mnist: the paper's schedule is for ImageNet (data=imagenet data.root=...)")
-    if trainer.get("max_epochs") is None and int(trainer.max_steps) < 0:
-        raise ConfigError("trainer.max_epochs=null needs trainer.max_steps > 0 (the run would never end).")
-
-
-def _wandb(logger):
-    return logger if type(logger).__name__ == "WandbLogger" else None
-
-
-def _continue_wandb_run(logger, history: list[dict[str, Any]]) -> None:
-    """A resumed run logs into the same W&B run (its id from the launch history)."""
-    run_ids = [h["wandb_run_id"] for h in history if h.get("wandb_run_id")]
-    if not run_ids or _wandb(logger) is None:
-        return
-    init = getattr(logger, "_wandb_init", None)  # WandbLogger keeps its wandb.init kwargs here
-    if isinstance(init, dict) and getattr(logger, "_experiment", None) is None:
-        init.update(id=run_ids[-1], resume="allow")
-        logger._id = run_ids[-1]
-    else:
-        log.warning("could not point the W&B logger at run %s: the resumed run logs as a new W&B run", run_ids[-1])
+    """(model, extra task kwargs, cost) from ``cfg.task.name``'s factory; only rank 0 counts the cost."""
+    built = task_spec(cfg.task.name).build(cfg, datamodule, rank_zero)
+    return built.model, built.task_kwargs, built.cost
 
 
 class _WandbIdToHistory(L.Callback):
@@ -199,14 +91,9 @@ class _WandbIdToHistory(L.Callback):
         self.out = out
 
     def on_train_start(self, trainer, pl_module) -> None:
-        wb = _wandb(trainer.logger)
-        if trainer.is_global_zero and wb is not None:
-            ckpt.append_history(self.out, {"event": "wandb", "wandb_run_id": wb.experiment.id})
-
-
-def _metric(trainer: L.Trainer, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return round(float(value), 4) if value is not None else None
+        run_id = wandb_run_id(trainer.logger) if trainer.is_global_zero else None
+        if run_id is not None:
+            ckpt.append_history(self.out, {"event": "wandb", "wandb_run_id": run_id})
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -219,7 +106,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     _route_lightning_logs()
     threads = configure_threads(cfg)
     rank_zero = launch_rank() == 0
-    check_schedule(cfg)
+    validate.check_schedule(cfg)
     record = base_record(cfg)
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +128,6 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         model, extra_kwargs, cost = build_task_model(cfg, datamodule, rank_zero)  # ranks > 0: no cost count
 
         record.update(cost)
-        detection = cfg.task.name == "detection"
         task_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
         channels_last = bool(cfg.trainer.get("channels_last", False))
         if channels_last:
@@ -262,8 +148,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
         logger = build_logger(cfg, record, early=early, resume_step=resumed["global_step"] if resumed else None)
-        if resumed is not None:
-            _continue_wandb_run(logger, history)
+        run_ids = [h["wandb_run_id"] for h in history if h.get("wandb_run_id")]
+        if resumed is not None and run_ids:  # a resumed run logs into the same W&B run
+            continue_wandb_run(logger, run_ids[-1])
         callbacks: list[L.Callback] = []
         if cfg.trainer.get("enable_progress_bar", True):
             from lightning.pytorch.callbacks import TQDMProgressBar
@@ -275,7 +162,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         ck_callbacks = ckpt.build_callbacks(cfg, out, {**stamp, "train_time_s": prior_time})
         callbacks += ck_callbacks
-        if _wandb(logger) is not None and ck_callbacks:
+        if wandb_logger(logger) is not None and ck_callbacks:
             callbacks.append(_WandbIdToHistory(out))
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -294,7 +181,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         )
     except BaseException:  # the job failed before training: close the W&B run it opened
         if logger is not None:
-            _close_wandb(logger, exit_code=1)
+            close_wandb(logger, exit_code=1)
         elif early is not None:
             early.abort()
         raise
@@ -325,37 +212,17 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         validate.check_trained(cfg, trainer.global_step)
         record["train_time_s"] = round(prior_time + time.perf_counter() - start, 2)
         eval_start = time.perf_counter()
-        if detection:  # COCO has no labelled test split: the record's AP is the final val AP
-            if "val/ap" not in trainer.callback_metrics:
-                trainer.validate(task, datamodule=data, verbose=False)
-            record["ap"], record["ap50"] = _metric(trainer, "val/ap"), _metric(trainer, "val/ap50")
-            n_val = _metric(trainer, "val/n")
-            n_test = int(n_val or 0)
-        else:
-            if resumed is not None and "val/top1" not in trainer.callback_metrics:  # resumed at the end
-                trainer.validate(task, datamodule=data, verbose=False)
-            record["val_top1"] = _metric(trainer, "val/top1")
-            n_val = _metric(trainer, "val/n")
-            test_metrics = (trainer.test(task, datamodule=data, verbose=False) or [{}])[0]  # [] for 0 batches
-            n_test = int(test_metrics.get("test/n", 0))
-            record["top1"] = round(float(test_metrics["test/top1"]), 4) if n_test else None
+        final = task_spec(cfg.task.name).evaluate(trainer, task, data, resumed is not None)
+        record.update(final.metrics)
+        n_val, n_test = final.n_val, final.n_images
         eval_time = round(time.perf_counter() - eval_start, 2)  # the final evaluation, after fit
-        validate.check_evaluated(cfg, n_test, "val" if detection else "test")
+        validate.check_evaluated(cfg, n_test, final.split)
         if not trainer.is_global_zero:
             return record  # ranks > 0 trained and evaluated their share; rank 0 reports
-        if cfg.profile.fps and detection:  # whole detector (forward + decode + NMS) at the paper's input
-            from csp_ablate.models.detector import DetectorInference
-
-            infer = DetectorInference(model, conf_thresh=cfg.task.conf_thresh, nms_iou=cfg.task.nms_iou,
-                                      max_det=cfg.task.max_det).to(trainer.strategy.root_device)
+        if cfg.profile.fps:  # what the task times: a classifier as trained, a detector with NMS at 320²
+            timed, img_size = task_spec(cfg.task.name).inference(cfg, model, trainer.strategy.root_device)
             record.update(
-                fps=round(profile.measure_fps(infer, cfg.profile.paper_img_size, cfg.data.channels, batch=1), 1),
-                fps_device=str(next(model.parameters()).device),
-                fps_batch=1,
-            )
-        elif cfg.profile.fps:
-            record.update(
-                fps=round(profile.measure_fps(model, cfg.data.img_size, cfg.data.channels, batch=1), 1),
+                fps=round(profile.measure_fps(timed, img_size, cfg.data.channels, batch=1), 1),
                 fps_device=str(next(model.parameters()).device),
                 fps_batch=1,
             )
@@ -369,12 +236,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             "launches": launch, "resumed_from_step": resumed["global_step"] if resumed else None,
             "world_size": trainer.world_size, "threads": threads, "eval_time_s": eval_time,
         }
-        if _wandb(logger) is not None:
+        if wandb_logger(logger) is not None:
             logger.experiment.summary.update(extra)
         finish_logger(logger, record)
         note(out, {"event": "end", "launch": launch, **extra})
     except SIGTERMException:
-        _close_wandb(logger, exit_code=1)
+        close_wandb(logger, exit_code=1)
         ctrl_c = any(getattr(c, "stopped_by", None) == "SIGINT" for c in ck_callbacks)
         if rank_zero:
             note(out, {"event": "stopped", "launch": launch, "global_step": trainer.global_step,
@@ -386,7 +253,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             preempt.requeue()  # submitit: resubmit this job (same output dir) and exit
         raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports a killed job
     except BaseException:
-        _close_wandb(logger, exit_code=1)
+        close_wandb(logger, exit_code=1)
         raise
     path = write_record(cfg, record)
     line = summary_line(record, path)
@@ -398,9 +265,3 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     print(line, flush=True)
     return record
 
-
-def _close_wandb(logger, exit_code: int) -> None:
-    """Mark an open W&B run as failed; never create one just to close it."""
-    wb = _wandb(logger)
-    if wb is not None and getattr(wb, "_experiment", None) is not None:
-        wb.experiment.finish(exit_code=exit_code)

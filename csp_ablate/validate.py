@@ -11,6 +11,7 @@ training set, input size, γ without a partial stage, a repeated extra). Message
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Sequence
 
@@ -19,6 +20,8 @@ from omegaconf import DictConfig
 from csp_ablate import axes
 from csp_ablate.axes import ACTIVATIONS, CSP_BASES, EXTRAS, FUSIONS, NECKS, TIERS  # noqa: F401  (re-exported)
 from csp_ablate.errors import ConfigError
+
+log = logging.getLogger("csp_ablate")
 
 #: Fashion-MNIST's official training split (images); the val split is held out of it.
 FASHION_MNIST_TRAIN = 60000
@@ -93,7 +96,7 @@ def _validate_training(cfg: DictConfig, given: set[str]) -> None:
         if steps is not None and not (isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
                                       and (steps == -1 or steps > 0)):
             raise ConfigError.bad_value("trainer.max_steps", steps, "a positive integer, or -1 (epochs decide)")
-        if epochs is None and steps == -1:  # steps=None: train.check_schedule names the fix
+        if epochs is None and steps == -1:  # steps=None: check_schedule names the fix
             raise ConfigError("trainer.max_epochs=null needs trainer.max_steps > 0 (the run would never end).")
     if data is None:
         return
@@ -171,3 +174,25 @@ def check_evaluated(cfg: DictConfig, n_images: int, split: str) -> None:
             f"trainer.limit_{split}_batches={cfg.trainer.get(f'limit_{split}_batches')}): its metric would "
             f"be meaningless. Allowed: at least one {split} image."
         )
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """tier=paper counts steps, as the paper does; a model without a known count must say so.
+
+    Called by ``train.run`` before the data load: it needs the tier's resolved schedule, which
+    ``validate_config`` (called with ``max_steps=None`` allowed) leaves to this check.
+    """
+    trainer = cfg.trainer
+    if trainer.get("max_steps") is None:
+        raise ConfigError(
+            f"tier={cfg.get('tier')} has no training length for model={cfg.model.name}: the paper "
+            f"trains PeleeNet-family models for 1,600,000 steps and ResNet/ResNeXt-based ones for "
+            f"8,000,000. Set trainer.max_steps=<steps> (or add the model to "
+            f"paper_schedule.classification.steps_by_model in conf/tier/paper.yaml)."
+        )
+    if cfg.get("tier") == "paper" and "FashionDet" in str(cfg.data.get("_target_", "")):
+        log.warning("tier=paper with data=fashion_det: the paper's schedule is for COCO (data=coco data.root=...)")
+    if cfg.get("tier") == "paper" and "FashionMNIST" in str(cfg.data.get("_target_", "")):
+        log.warning("tier=paper with data=fashion_mnist: the paper's schedule is for ImageNet (data=imagenet data.root=...)")
+    if trainer.get("max_epochs") is None and int(trainer.max_steps) < 0:
+        raise ConfigError("trainer.max_epochs=null needs trainer.max_steps > 0 (the run would never end).")

@@ -98,7 +98,7 @@ def test_axis_that_does_not_apply_is_rejected(tmp_path):
 
 
 def test_wandb_offline_run_holds_summary(tmp_path, data_override):
-    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_offline import find_offline_runs, read_offline_run
 
     proc = run_cli("tier=smoke", "logger=wandb", f"hydra.run.dir={tmp_path}", *data_override,
                    env={"WANDB_MODE": "offline"})
@@ -117,7 +117,7 @@ def test_wandb_offline_run_holds_summary(tmp_path, data_override):
 @pytest.mark.slow
 def test_wandb_key_without_network_finishes_offline(tmp_path, data_override):
     """A (fake) API key and no reachable server (loopback discard port): one warning, offline run."""
-    from csp_ablate.wandb_offline import find_offline_runs
+    from wandb_offline import find_offline_runs
 
     import os
     import subprocess
@@ -130,3 +130,39 @@ def test_wandb_key_without_network_finishes_offline(tmp_path, data_override):
     out = proc.stdout + proc.stderr
     assert out.count("W&B server http://127.0.0.1:9 unreachable") == 1 and "Traceback" not in out
     assert _record(tmp_path)["status"] == "completed" and find_offline_runs(tmp_path)
+
+
+# ---- backbone=<name> is the alias of model=<name> -------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["backbone=peleenet", "tier=smoke"], ["model=peleenet", "tier=smoke"]),
+        (["-m", "backbone=peleenet,csppeleenet"], ["-m", "model=peleenet,csppeleenet"]),
+        (["backbone=peleenet", "model=peleenet"], ["model=peleenet"]),  # the same choice twice: one
+        (["model=peleenet", "lr=1"], ["model=peleenet", "lr=1"]),
+    ],
+)
+def test_backbone_is_read_as_model(argv, expected):
+    from csp_ablate.cli import resolve_aliases
+
+    assert resolve_aliases(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [["backbone=peleenet", "model=csppeleenet"], ["model=csppeleenet", "backbone=peleenet"],
+                                  ["backbone=peleenet", "backbone=csppeleenet"]])
+def test_backbone_and_model_with_different_values_is_an_error(argv):
+    from csp_ablate.cli import resolve_aliases
+    from csp_ablate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alias of model="):
+        resolve_aliases(argv)
+
+
+def test_backbone_alias_on_the_command_line(tmp_path):
+    """End to end: the alias chooses the model group (--cfg job), a conflict exits 2 at once."""
+    proc = run_cli("backbone=peleenet", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "name: peleenet" in proc.stdout and "name: csppeleenet" not in proc.stdout
+    proc = run_cli("backbone=peleenet", "model=csppeleenet", "logger=none", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "backbone=peleenet and model=csppeleenet" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -275,7 +275,7 @@ def test_coco_prepare_data_names_the_missing_file(tmp_path):
 def test_early_wandb_run_is_closed_when_the_job_fails_before_training(tmp_path, compose):
     import wandb
 
-    from csp_ablate.loggers import start_wandb_early
+    from csp_ablate.tracking import start_wandb_early
 
     cfg = compose("logger=wandb", "logger.mode=offline", f"output_dir={tmp_path}")
     early = start_wandb_early(cfg, {"run_id": "r1", "sweep": None, "model": "peleenet"})

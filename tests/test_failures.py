@@ -337,16 +337,16 @@ def test_zero_steps_or_zero_test_images_fail_and_are_never_completed(compose, ti
 # ---- W&B without network (loopback only) ---------------------------------------------------------
 @pytest.fixture
 def unreachable_wandb(monkeypatch):
-    from csp_ablate import loggers
+    from csp_ablate import tracking
 
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    loggers.server_unreachable.cache_clear()
-    loggers._warn_offline_once.cache_clear()
-    yield loggers
-    loggers.server_unreachable.cache_clear()
-    loggers._warn_offline_once.cache_clear()
+    tracking.server_unreachable.cache_clear()
+    tracking._warn_offline_once.cache_clear()
+    yield tracking
+    tracking.server_unreachable.cache_clear()
+    tracking._warn_offline_once.cache_clear()
 
 
 def test_wandb_key_without_server_falls_back_to_offline_once(unreachable_wandb, caplog):

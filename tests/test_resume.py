@@ -196,7 +196,7 @@ def test_submitit_preemption_saves_requeues_and_resumes(tmp_path, data_override)
 
 @pytest.mark.slow
 def test_resumed_run_continues_its_wandb_run(tmp_path, data_override):
-    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_offline import find_offline_runs, read_offline_run
 
     args = [*SMOKE, "logger=wandb", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=2",
             f"hydra.run.dir={tmp_path}", *data_override]
@@ -215,7 +215,7 @@ def test_csv_logger_keeps_earlier_launches_rows_up_to_the_resumed_step(tmp_path,
     checkpoint (trained again) go, a new metric widens the header; a fresh run starts anew."""
     import pandas as pd
 
-    from csp_ablate.loggers import resumable_csv_logger
+    from csp_ablate.tracking import resumable_csv_logger
 
     metrics = tmp_path / "csv" / "metrics.csv"
     metrics.parent.mkdir()

@@ -68,7 +68,7 @@ def test_paper_tier_classification_settings(compose, model, steps):
 
 
 def test_paper_tier_model_without_step_count_asks_for_max_steps(compose):
-    from csp_ablate.train import check_schedule
+    from csp_ablate.validate import check_schedule
 
     cfg = compose("tier=paper", "model=peleenet", "~paper_schedule.classification.steps_by_model.peleenet")
     assert cfg.trainer.max_steps is None
@@ -357,7 +357,7 @@ def _one_process_top1(compose, data_override, ckpt_path: Path, seed: int) -> tup
     import lightning as L
     from hydra.utils import instantiate
 
-    from csp_ablate.train import build_model
+    from csp_ablate.tasks.classification import build_model
     from csp_ablate.tasks.classification import ClassificationTask
 
     cfg = compose(*SMOKE, f"seed={seed}", "logger=none", *data_override)
@@ -383,7 +383,7 @@ def test_cpu_ddp_two_ranks_in_a_multirun(tmp_path, compose, data_override):
     """2 jobs x 2 gloo ranks: both ranks train, rank 0 alone writes record and W&B run, top-1 is
     over the whole test set (same as a 1-process eval of the final checkpoint), and the rank
     Lightning re-launches runs its own job, not the sweep, without a Hydra dir of its own."""
-    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_offline import find_offline_runs, read_offline_run
 
     proc = run_cli(
         "-m", "seed=0,1", *SMOKE, "logger=wandb", "trainer=ddp", "trainer.accelerator=cpu",

@@ -103,7 +103,7 @@ def test_notebook_executes_against_a_smoke_sweep(figure4_smoke, monkeypatch):
 def _wandb_records(run_dir: Path):
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from csp_ablate.wandb_offline import iter_chunks
+    from wandb_offline import iter_chunks
 
     for chunk in iter_chunks(next(run_dir.glob("run-*.wandb"))):
         rec = pb.Record()
@@ -137,7 +137,7 @@ def test_figure4_smoke_sweep_end_to_end(figure4_smoke):
 
 
 def test_wandb_report_run_holds_tables_figure_and_artifact(figure4_smoke):
-    from csp_ablate.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_offline import find_offline_runs, read_offline_run
 
     sweep_dir, proc = figure4_smoke
     (report_dir,) = find_offline_runs(sweep_dir)  # the jobs ran with logger=none
@@ -156,7 +156,7 @@ def test_wandb_report_run_holds_tables_figure_and_artifact(figure4_smoke):
 
 @pytest.mark.slow
 def test_wandb_sweep_jobs_are_train_runs_in_the_sweep_group(tmp_path, data_override):
-    from csp_ablate.wandb_offline import find_offline_runs
+    from wandb_offline import find_offline_runs
 
     sweep_dir = tmp_path / "figure4"
     proc = run_cli("-m", "sweep=figure4", "fusion=none,last", "tier=smoke", "logger=wandb", "seed=0",

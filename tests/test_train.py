@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from csp_ablate.errors import ConfigError
-from csp_ablate.tasks.classification import poly_lr_factor
+from csp_ablate.tasks.optim import lr_factor, poly_lr_factor
 from csp_ablate.validate import validate_config
 
 
@@ -15,6 +15,26 @@ def test_poly_lr_schedule():
     assert poly_lr_factor(100, 100, 4.0) == 0.0
     assert poly_lr_factor(0, 100, 1.0, warmup_steps=10) == pytest.approx(0.1)
     assert poly_lr_factor(9, 100, 1.0, warmup_steps=10) == pytest.approx(1.0)
+
+
+def test_step_decay_schedule_is_the_shared_one():
+    """Detection's step decay (darknet's ``steps``) lives in the same module as the poly decay."""
+    assert lr_factor(0, 1000, warmup_steps=10, milestones=[400, 450]) == pytest.approx(0.1)
+    assert lr_factor(399, 1000, milestones=[400, 450], decay=0.1) == 1.0
+    assert lr_factor(400, 1000, milestones=[400, 450], decay=0.1) == pytest.approx(0.1)
+    assert lr_factor(450, 1000, milestones=[400, 450], decay=0.5) == pytest.approx(0.25)
+    assert lr_factor(500, 1000, poly_power=1.0) == pytest.approx(0.5)  # no milestones: poly
+
+
+def test_each_task_has_one_factory_module():
+    """train.run looks the task up by name; an unknown task is a ConfigError naming the choices."""
+    from csp_ablate.tasks import TASKS, task_spec
+
+    for name in TASKS:
+        spec = task_spec(name)
+        assert all(callable(getattr(spec, f)) for f in ("build", "evaluate", "inference")), name
+    with pytest.raises(ConfigError, match="classification"):
+        task_spec("segmentation")
 
 
 @pytest.mark.parametrize(
@@ -67,7 +87,7 @@ def test_training_learns_a_learnable_set(compose, tiny_fmnist, tmp_path):
 def test_summary_line_tolerates_missing_metrics():
     """A run without validation (trainer.limit_val_batches=0) still prints its summary line."""
     from csp_ablate.record import RECORD_KEYS
-    from csp_ablate.train import summary_line
+    from csp_ablate.record import summary_line
 
     rec = dict.fromkeys(RECORD_KEYS) | {"status": "completed", "model": "peleenet", "top1": 88.5,
                                          "params_m": 2.8, "bflops": 1.016, "train_time_s": 12.0}

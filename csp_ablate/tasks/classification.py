@@ -2,8 +2,13 @@
 
 Cross-entropy, SGD with momentum and weight decay, and darknet's polynomial LR decay
 ``lr * (1 - step / max_steps) ** power`` stepped per batch (the paper trains for a number of
-steps, not epochs), with an optional linear warm-up (darknet's ``burn_in``). Accuracy is
-reported in percent, like the paper.
+steps, not epochs), with an optional linear warm-up (darknet's ``burn_in``); both from
+:mod:`csp_ablate.tasks.optim`, shared with detection. Accuracy is reported in percent, like
+the paper.
+
+The task's factory functions (:mod:`csp_ablate.tasks`): :func:`build` (a timm classifier from
+the ``model`` group, costed at 224², 1000 classes), :func:`evaluate` (``val_top1`` and the
+test split's ``top1``) and :func:`inference` (the classifier itself, for fps).
 
 Under DDP the metrics are torchmetrics states, synchronised when computed: ``val/top1`` and
 ``test/top1`` are over the whole set, and ``val/n`` / ``test/n`` count the images behind them
@@ -12,20 +17,18 @@ Under DDP the metrics are torchmetrics states, synchronised when computed: ``val
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-
-def poly_lr_factor(step: int, max_steps: int, power: float, warmup_steps: int = 0) -> float:
-    """LR multiplier at ``step``: linear warm-up, then polynomial decay to 0 at ``max_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(step, max_steps) / max(1, max_steps)
-    return (1.0 - progress) ** power
+from csp_ablate.tasks import Built, Evaluated, cost_fields, metric
+from csp_ablate.tasks.optim import sgd_with_schedule
 
 
 class ClassificationTask(L.LightningModule):
@@ -91,15 +94,41 @@ class ClassificationTask(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on BN and biases
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, momentum=hp.momentum,
-        )
-        max_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: poly_lr_factor(step, max_steps, hp.poly_power, hp.warmup_steps)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return sgd_with_schedule(self.model, int(self.trainer.estimated_stepping_batches), lr=hp.lr,
+                                 momentum=hp.momentum, weight_decay=hp.weight_decay,
+                                 warmup_steps=hp.warmup_steps, poly_power=hp.poly_power)
+
+
+# ---- the task's factory functions (csp_ablate.tasks) ---------------------------------------------
+def build_model(cfg: DictConfig, num_classes: int, in_chans: int) -> nn.Module:
+    """timm model from the ``model`` group: every key but ``name`` is a constructor kwarg."""
+    from csp_ablate.models import create_backbone
+
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    name = kwargs.pop("name")
+    return create_backbone(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def build(cfg: DictConfig, datamodule: Any, rank_zero: bool) -> Built:
+    """The classifier to train; rank 0 also costs it at the paper's input (224², 1000 classes)."""
+    model = build_model(cfg, num_classes=cfg.data.num_classes, in_chans=cfg.data.channels)
+    if not rank_zero:
+        return Built(model)
+    paper = build_model(cfg, num_classes=cfg.profile.paper_num_classes, in_chans=3)
+    return Built(model, cost=cost_fields(cfg, paper, model))
+
+
+def evaluate(trainer: L.Trainer, module: L.LightningModule, data: Any, resumed: bool) -> Evaluated:
+    """``val_top1`` from the last validation, ``top1`` from one pass over the test split."""
+    if resumed and "val/top1" not in trainer.callback_metrics:  # resumed at the end: no fit epoch ran
+        trainer.validate(module, datamodule=data, verbose=False)
+    val_top1, n_val = metric(trainer, "val/top1"), metric(trainer, "val/n")
+    test_metrics = (trainer.test(module, datamodule=data, verbose=False) or [{}])[0]  # [] for 0 batches
+    n_test = int(test_metrics.get("test/n", 0))
+    top1 = round(float(test_metrics["test/top1"]), 4) if n_test else None
+    return Evaluated({"val_top1": val_top1, "top1": top1}, n_val, n_test, "test")
+
+
+def inference(cfg: DictConfig, model: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
+    """The classifier as trained, timed at the training input size."""
+    return model, int(cfg.data.img_size)

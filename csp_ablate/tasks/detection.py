@@ -11,6 +11,10 @@ Evaluation: decoded + NMS'd detections are mapped back to the original image coo
 scored with pycocotools' COCOeval against the datamodule's ``val_coco``: ``val/ap`` and
 ``val/ap50`` in percent (``test/*`` on the same split: COCO has no labelled test set). Under
 DDP each rank's detections are gathered on every rank before COCOeval.
+
+The task's factory functions (:mod:`csp_ablate.tasks`): :func:`build` (anchors, the whole
+detector, costed at 320², 80 classes), :func:`evaluate` (the final val AP/AP50) and
+:func:`inference` (forward + decode + NMS, for fps at the paper's input).
 """
 
 from __future__ import annotations
@@ -18,24 +22,22 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import logging
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from csp_ablate.coco_eval import coco_ap, detections_to_coco
+from csp_ablate.errors import ConfigError
 from csp_ablate.models.detector import YoloDetector
 from csp_ablate.models.heads import YoloLoss, postprocess
-from csp_ablate.tasks.classification import poly_lr_factor
+from csp_ablate.tasks import Built, Evaluated, cost_fields, metric
+from csp_ablate.tasks.optim import sgd_with_schedule
 
-
-def lr_factor(step: int, max_steps: int, warmup_steps: int = 0, poly_power: float = 1.0,
-              milestones: list[int] | None = None, gamma: float = 0.1) -> float:
-    """LR multiplier: linear warm-up, then step decay at ``milestones`` or polynomial decay."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if milestones:
-        return gamma ** sum(step >= m for m in milestones)
-    return poly_lr_factor(step, max_steps, poly_power)
+log = logging.getLogger("csp_ablate")
 
 
 def multi_scale_size(step: int, every: int, lo: int, hi: int, stride: int, seed: int = 0) -> int:
@@ -158,16 +160,67 @@ class DetectionTask(L.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for param in self.model.parameters():
-            (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on BN and biases
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, momentum=hp.momentum, nesterov=True,
-        )
-        max_steps = int(self.trainer.estimated_stepping_batches)
-        milestones = list(hp.lr_milestones) if hp.lr_milestones else None
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, max_steps, hp.warmup_steps, hp.poly_power, milestones, hp.lr_gamma)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return sgd_with_schedule(self.model, int(self.trainer.estimated_stepping_batches), lr=hp.lr,
+                                 momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True,
+                                 warmup_steps=hp.warmup_steps, poly_power=hp.poly_power,
+                                 milestones=hp.lr_milestones, decay=hp.lr_gamma)
+
+
+# ---- the task's factory functions (csp_ablate.tasks) ---------------------------------------------
+def resolve_anchors(cfg: DictConfig, datamodule: Any) -> list[list[list[float]]]:
+    """``detector.anchors``: explicit pixels, or ``auto`` = k-means on the training boxes."""
+    anchors = cfg.detector.get("anchors", "auto")
+    if anchors in (None, "auto"):
+        from csp_ablate.models.heads import kmeans_anchors
+
+        boxes = datamodule.train_boxes_wh()
+        found = kmeans_anchors(boxes, seed=0)
+        log.info("anchors (k-means on %d training boxes, input pixels): %s", len(boxes), found)
+        return [[list(a) for a in scale] for scale in found]
+    anchors = OmegaConf.to_container(anchors, resolve=True) if not isinstance(anchors, list) else anchors
+    if (len(anchors) != 3 or len({len(scale) for scale in anchors}) != 1 or not anchors[0]
+            or any(len(a) != 2 for scale in anchors for a in scale)):
+        raise ConfigError.bad_value("detector.anchors", anchors,
+                                    "auto, or 3 scales with the same number of [w, h] pairs (input pixels)")
+    return anchors
+
+
+def build_detector_from_cfg(cfg: DictConfig, num_classes: int, anchors: Any, in_chans: int) -> nn.Module:
+    """Backbone (``model`` group) + ``neck`` + ``extras`` + YOLOv3 head, as the config asks."""
+    from csp_ablate.models.detector import build_detector
+
+    return build_detector(
+        OmegaConf.to_container(cfg.model, resolve=True), cfg.neck, list(cfg.get("extras") or []),
+        num_classes=num_classes, anchors=anchors, in_chans=in_chans,
+        neck_channels=int(cfg.detector.get("neck_channels", 128)),
+    )
+
+
+def build(cfg: DictConfig, datamodule: Any, rank_zero: bool) -> Built:
+    """The detector to train; rank 0 also costs the whole detector at 320², 80 classes."""
+    anchors = resolve_anchors(cfg, datamodule)
+    model = build_detector_from_cfg(cfg, datamodule.num_classes, anchors, in_chans=cfg.data.channels)
+    box_loss = "giou" if "giou" in (cfg.get("extras") or []) else "mse"
+    kwargs = {"box_loss": box_loss, "seed": int(cfg.seed)}
+    if not rank_zero:
+        return Built(model, kwargs)
+    paper = build_detector_from_cfg(cfg, cfg.profile.paper_num_classes, anchors, in_chans=3)
+    return Built(model, kwargs, cost_fields(cfg, paper, model))
+
+
+def evaluate(trainer: L.Trainer, module: L.LightningModule, data: Any, resumed: bool) -> Evaluated:
+    """The final val AP/AP50: COCO has no labelled test split, so the record's AP is val's."""
+    if "val/ap" not in trainer.callback_metrics:
+        trainer.validate(module, datamodule=data, verbose=False)
+    n_val = metric(trainer, "val/n")
+    return Evaluated({"ap": metric(trainer, "val/ap"), "ap50": metric(trainer, "val/ap50")},
+                     n_val, int(n_val or 0), "val")
+
+
+def inference(cfg: DictConfig, model: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
+    """The whole detector (forward + decode + NMS), timed at the paper's input (320²)."""
+    from csp_ablate.models.detector import DetectorInference
+
+    infer = DetectorInference(model, conf_thresh=cfg.task.conf_thresh, nms_iou=cfg.task.nms_iou,
+                              max_det=cfg.task.max_det)
+    return infer.to(device), int(cfg.profile.paper_img_size)

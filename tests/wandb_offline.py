@@ -2,7 +2,8 @@
 
 wandb 0.31 keeps an offline run's config, history and summary only inside the ``.wandb`` file:
 a leveldb-log framed stream of ``wandb_internal_pb2.Record`` protobufs. No summary JSON exists
-until ``wandb sync``. This reader lets tests and the report check what W&B will show.
+until ``wandb sync``. This reader lets the tests check what W&B will show (a test helper:
+no project code reads offline runs, so it lives under tests/).
 """
 
 from __future__ import annotations

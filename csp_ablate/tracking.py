@@ -1,4 +1,10 @@
-"""Experiment loggers: W&B (default), CSV or none, chosen by the ``logger`` config group.
+"""Experiment tracking: W&B (default), CSV or none, chosen by the ``logger`` config group.
+
+Everything the project does with W&B is here, so a W&B or Lightning upgrade touches one file:
+the mode and the reachability probe, the run's init kwargs and group (:func:`wandb_group`), the
+early start, the Lightning logger, and the few places that must use ``WandbLogger``'s private
+attributes (:func:`continue_wandb_run`, :func:`close_wandb`), each behind a named function with
+a test (``tests/test_tracking.py``).
 
 W&B must never prompt or hang on a machine without network: ``mode=auto`` resolves to
 ``online`` only when an API key is configured and the server answers a TCP connect within
@@ -114,13 +120,38 @@ def axis_tags(record: dict[str, Any]) -> list[str]:
     return [f"{k}:{record[k]}" for k in TAG_AXES if record.get(k) not in (None, "")]
 
 
+#: The W&B group of a single run launched without a sweep name.
+ADHOC_GROUP = "adhoc"
+
+
+def wandb_group(sweep: str | None, sweep_dir: str | Path | None = None) -> str:
+    """The W&B group of a run: a named sweep's name; an ad-hoc multirun's sweep dir name after
+    ``multirun-`` (``results/multirun/2026-11-29_10-00-00`` -> ``multirun-2026-11-29_10-00-00``),
+    so a dashboard compares the runs of one multirun and not of every multirun ever launched;
+    a single ad-hoc run: :data:`ADHOC_GROUP`."""
+    if sweep:
+        return str(sweep)
+    if sweep_dir:
+        return f"multirun-{Path(str(sweep_dir)).name}"
+    return ADHOC_GROUP
+
+
+def current_sweep_dir() -> str | None:
+    """``hydra.sweep.dir`` inside a Hydra multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from csp_ablate.record import is_multirun
+
+    return str(HydraConfig.get().sweep.dir) if is_multirun() else None
+
+
 def _wandb_init_kwargs(cfg: DictConfig, record: dict[str, Any]) -> dict[str, Any]:
     import wandb
 
     return dict(
         project=cfg.logger.project,
         entity=cfg.logger.get("entity"),
-        group=record.get("sweep") or "adhoc",
+        group=wandb_group(record.get("sweep"), current_sweep_dir()),
         job_type="train",
         name=record["run_id"],
         tags=axis_tags(record),
@@ -256,3 +287,42 @@ def finish_logger(logger, record: dict[str, Any]) -> None:
         record["wandb_run_id"] = run.id
         record["wandb_dir"] = str(Path(run.dir).parent)
         run.finish()
+
+
+# ---- the WandbLogger internals we depend on (Lightning 2.x), in one place ----------------------
+def wandb_logger(logger: Any) -> Any:
+    """``logger`` if it is Lightning's WandbLogger, else None (by name: wandb stays unimported)."""
+    return logger if type(logger).__name__ == "WandbLogger" else None
+
+
+def continue_wandb_run(logger: Any, run_id: str) -> bool:
+    """Point a not yet started WandbLogger at the existing run ``run_id`` (a resumed job logs
+    into the same W&B run). WandbLogger has no public way to do this: it keeps its
+    ``wandb.init`` kwargs in ``_wandb_init`` and its run in ``_experiment``. Returns False
+    (and warns) when those internals are not as expected, so the resumed job logs as a new run."""
+    wb = wandb_logger(logger)
+    if wb is None:
+        return False
+    init = getattr(wb, "_wandb_init", None)
+    if isinstance(init, dict) and getattr(wb, "_experiment", None) is None:
+        init.update(id=run_id, resume="allow")
+        wb._id = run_id
+        return True
+    log.warning("could not point the W&B logger at run %s: the resumed run logs as a new W&B run", run_id)
+    return False
+
+
+def close_wandb(logger: Any, exit_code: int) -> bool:
+    """Mark an open W&B run as finished with ``exit_code``; never create a run just to close it
+    (``logger.experiment`` would start one, so the private ``_experiment`` is checked first)."""
+    wb = wandb_logger(logger)
+    if wb is None or getattr(wb, "_experiment", None) is None:
+        return False
+    wb.experiment.finish(exit_code=exit_code)
+    return True
+
+
+def wandb_run_id(logger: Any) -> str | None:
+    """The id of ``logger``'s W&B run (starting it if needed), None for another logger."""
+    wb = wandb_logger(logger)
+    return None if wb is None else wb.experiment.id

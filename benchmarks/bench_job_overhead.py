@@ -30,13 +30,13 @@ TARGET_PCT = 5.0
 PHASES = {  # (file suffix, function name) -> phase label
     ("lightning/pytorch/trainer/trainer.py", "fit"): "loop: Trainer.fit",
     ("lightning/pytorch/trainer/trainer.py", "test"): "loop: Trainer.test",
-    ("csp_ablate/train.py", "measure_cost"): "cost counting (params, BFLOPs, CIO)",
+    ("csp_ablate/tasks/__init__.py", "cost_fields"): "cost counting (params, BFLOPs, CIO)",
     ("csp_ablate/train.py", "build_model"): "model build",
-    ("csp_ablate/loggers.py", "build_logger"): "W&B/CSV logger object",
-    # W&B starts in a background thread (csp_ablate.loggers.EarlyWandbRun), which cProfile does not
+    ("csp_ablate/tracking.py", "build_logger"): "W&B/CSV logger object",
+    # W&B starts in a background thread (csp_ablate.tracking.EarlyWandbRun), which cProfile does not
     # see: 0 here means nothing of wandb.init is left on the main thread
     ("wandb/sdk/wandb_init.py", "init"): "W&B init on the main thread (inside Trainer.fit)",
-    ("csp_ablate/loggers.py", "finish_logger"): "W&B summary + finish",
+    ("csp_ablate/tracking.py", "finish_logger"): "W&B summary + finish",
     ("csp_ablate/record.py", "write_record"): "record.json write",
     ("csp_ablate/profile/throughput.py", "measure_fps"): "fps measurement",
     ("lightning/pytorch/core/datamodule.py", "__init__"): None,

@@ -150,6 +150,9 @@ class ReportCallback(Callback):
                     entity=logger_cfg.get("entity"), mode=str(logger_cfg.get("mode", "auto")),
                 )
                 if run_id:
-                    print(f"[csp_ablate.report] W&B report run {run_id} in group {report.sweep or 'adhoc'}", flush=True)
+                    from csp_ablate.tracking import wandb_group
+
+                    group = wandb_group(report.sweep, report.sweep_dir)
+                    print(f"[csp_ablate.report] W&B report run {run_id} in group {group}", flush=True)
             except Exception:
                 log.exception("W&B report run failed; the report files are written in %s", sweep_dir)

@@ -24,12 +24,12 @@ def log_report_run(report: Report, project: str = "csp_ablate", entity: str | No
     """Log ``report`` as one run with job_type ``report``; returns its id (None if disabled)."""
     import wandb
 
-    from csp_ablate.loggers import resolve_wandb_mode
+    from csp_ablate.tracking import resolve_wandb_mode, wandb_group
 
     mode = resolve_wandb_mode(mode)
     if mode == "disabled":
         return None
-    group = report.sweep or "adhoc"
+    group = wandb_group(report.sweep, report.sweep_dir)  # the group its jobs logged into
     runs = report.runs
     counts = runs["status"].value_counts()
     run = wandb.init(

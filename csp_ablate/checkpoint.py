@@ -47,7 +47,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from csp_ablate.data.sampling import rng_state, set_rng_state
 from csp_ablate.errors import ConfigError

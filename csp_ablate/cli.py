@@ -153,8 +153,8 @@ def _install_concise_errors() -> None:
         except Exception as ex:  # noqa: BLE001
             message = None if full_error() else concise_hydra_error(ex)
             if message is None:
-                def reraise() -> Any:
-                    raise ex
+                def reraise(err: Exception = ex) -> Any:  # Hydra's own full report of it
+                    raise err
                 return original(reraise)
             error_exit(message, 2)
         if _is_multirun_result(result):

@@ -238,6 +238,9 @@ def run(hydra_main: Callable[[], Any], argv: Sequence[str] | None = None) -> Non
         print(f"{PROG}: interrupted (Ctrl-C); finished records are kept, rerun the same command to "
               "resume.", file=sys.stderr, flush=True)
         sys.exit(130)
+    except BrokenPipeError:  # `--help | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(0)
     if _RESULTS:
         code = multirun_exit_code(job_outcomes(_RESULTS[-1]), callbacks.REPORT_FAILED.get("failed", False))
         if code:

@@ -126,11 +126,16 @@ def _check_batch_fits(data: DictConfig) -> None:
     if not isinstance(val_size, numbers.Integral):
         return
     n_train = FASHION_MNIST_TRAIN - int(val_size)
+    if n_train < 1:  # the held-out val split would take every training image
+        raise ConfigError.bad_value(
+            "data.val_size", val_size, f"an integer below Fashion-MNIST's {FASHION_MNIST_TRAIN} training images",
+            "The val split is held out of the training split; nothing would be left to train on.",
+        )
     if isinstance(subset, numbers.Integral) and not isinstance(subset, bool):
+        if subset < 1:
+            raise ConfigError.bad_value("data.train_subset", subset, "a positive integer (or null: all images)")
         n_train = min(n_train, int(subset))
     batch = data.get("batch_size")
-    if n_train < 1:
-        raise ConfigError.bad_value("data.train_subset", subset, "a positive integer (or null: all images)")
     if batch > n_train:
         raise ConfigError.bad_value(
             "data.batch_size", batch, f"at most the training set's {n_train} images",

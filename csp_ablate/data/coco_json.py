@@ -1,5 +1,5 @@
 """COCO annotation files: read one with a clear error, restrict it to the evaluated images, and
-pick a deterministic subset. Torch-light helpers of :mod:`csp_ablate.data.coco` (the data module
+pick a deterministic subset. Helpers of :mod:`csp_ablate.data.coco` (the data module
 and dataset live there); :mod:`csp_ablate.coco_eval` scores against the objects built here.
 """
 

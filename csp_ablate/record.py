@@ -43,7 +43,10 @@ PROVENANCE = [
 # Extension of DESIGN.md's contract (issue 7): how far the run trained and whether it resumed.
 # `epochs` says nothing for step-based paper runs; a relaunched run must say it resumed.
 PROGRESS = ["steps", "resumed_from_step"]
-RECORD_KEYS: list[str] = IDENTITY + AXES + COST + QUALITY + PROVENANCE + PROGRESS
+# Issue 18: a record copied from another sweep of the same tier names the original run
+# (``<sweep>/<job>/record.json``); None for a run trained in its own sweep.
+REUSE = ["reused_from"]
+RECORD_KEYS: list[str] = IDENTITY + AXES + COST + QUALITY + PROVENANCE + PROGRESS + REUSE
 RECORD_FILE = "record.json"
 
 

@@ -5,6 +5,13 @@ A multirun is restartable (README "Sweeps"):
 * resume: a job whose grid point (``config_hash`` of the config without seed, plus ``seed``)
   already has a ``completed`` record anywhere in ``hydra.sweep.dir`` is skipped, so rerunning a
   sweep into the same dir runs only the missing and failed jobs; ``force=true`` reruns all.
+* one set of runs per tier: a grid point that has a ``completed`` record in *another* sweep dir
+  of the same tier (a sibling of ``hydra.sweep.dir`` when that is ``<...>/<tier>/<sweep>``, as
+  the named sweeps' ``results/<tier>/<sweep>``) is not trained
+  again; its record is copied into this job's dir with ``reused_from`` naming the original
+  (``<sweep>/<job>/record.json``), so Figure 4 reads Table 1's runs of its four shared rows.
+  The config hash contains ``tier`` and every result-changing key, so only the same
+  experiment matches; ``force=true`` retrains (and then neither copy is reused).
 * a finished record is never overwritten by a different grid point: when a rerun with another
   grid (or order) lands on a job dir that holds one, it is first renamed to
   ``record.<run_id>.json`` in the same dir (the report reads those too).
@@ -54,6 +61,43 @@ def find_completed(sweep_dir: Path, chash: str, seed: int) -> Path | None:
     return None
 
 
+def find_in_tier(sweep_dir: Path, chash: str, seed: int, tier: str) -> Path | None:
+    """A ``completed`` record of this grid point in a sibling sweep dir of the tier, else None.
+
+    Only the tier layout counts (``<...>/<tier>/<sweep>``, as ``results/proxy/table1``): an
+    ad-hoc ``hydra.sweep.dir`` (``multirun/<date>/<time>``, a test's tmp dir) has no siblings
+    that are sweeps of its tier, so nothing is reused there. An original is preferred over a
+    copy (a record with ``reused_from``), so a copy never points at another copy."""
+    here = Path(sweep_dir).resolve()
+    if here.parent.name != str(tier) or not here.parent.is_dir():
+        return None
+    hits = [hit for other in sorted(here.parent.iterdir())
+            if other.is_dir() and other.resolve() != here
+            and (hit := find_completed(other, chash, seed)) is not None]
+    for hit in hits:
+        if not json.loads(hit.read_text()).get("reused_from"):
+            return hit
+    return hits[0] if hits else None
+
+
+def reuse_record(source: Path, out_dir: Path, sweep: str | None) -> dict[str, Any]:
+    """Copy the completed record ``source`` into ``out_dir`` as this sweep's record.
+
+    The copy keeps every result and provenance field of the run (its W&B run stays in the
+    original sweep's group); ``sweep`` becomes this sweep and ``reused_from`` says where the
+    run lives, relative to the tier dir, so the copy holds no machine path."""
+    from csp_ablate.atomic import write_json_atomic
+    from csp_ablate.record import RECORD_FILE
+
+    rec = json.loads(Path(source).read_text())
+    origin = rec.get("reused_from") or f"{source.parent.parent.name}/{source.parent.name}/{source.name}"
+    rec.update(sweep=sweep, reused_from=origin)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / RECORD_FILE, rec)
+    return rec
+
+
 def displace_foreign_record(out_dir: Path, chash: str, seed: int) -> Path | None:
     """Rename a completed record of another grid point in ``out_dir`` out of this job's way."""
     path = Path(out_dir) / "record.json"
@@ -79,13 +123,25 @@ def displace_foreign_record(out_dir: Path, chash: str, seed: int) -> Path | None
 
 def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
     """In a multirun: the completed record of this grid point, if any and not ``force`` (then
-    the job is skipped); else clear this job's dir of another grid point's finished record."""
+    the job is skipped): in this sweep dir, else copied from another sweep dir of the tier.
+    Otherwise clear this job's dir of another grid point's finished record."""
     from hydra.core.hydra_config import HydraConfig
 
     from csp_ablate.record import config_hash, output_dir
 
     chash, seed = config_hash(cfg), int(cfg.seed)
-    done = None if force else find_completed(Path(HydraConfig.get().sweep.dir), chash, seed)
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    done = None if force else find_completed(sweep_dir, chash, seed)
+    if done is None and not force:
+        source = find_in_tier(sweep_dir, chash, seed, str(cfg.tier))
+        if source is not None:
+            displace_foreign_record(output_dir(cfg), chash, seed)
+            rec = reuse_record(source, output_dir(cfg), cfg.get("sweep"))
+            line = (f"[csp_ablate] reused: {rec.get('run_id')} (top1={rec.get('top1')}) completed in "
+                    f"{rec['reused_from']}, same config hash and seed | force=true retrains it")
+            log.info(line)
+            print(line, flush=True)
+            return rec
     if done is None:
         displace_foreign_record(output_dir(cfg), chash, seed)
         from csp_ablate import checkpoint  # imports torch: only for a job that is about to train

@@ -43,7 +43,7 @@ def no_subprocess(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("name, key, rows", [("table1", "variant", 13), ("figure4", "fusion", 4), ("table2", "variant", 8)])
+@pytest.mark.parametrize("name, key, rows", [("table1", "variant", 13), ("figure4", "variant", 4), ("table2", "variant", 8)])
 def test_every_grid_value_maps_to_one_row_of_the_spec(name, key, rows):
     grid = plan.sweep_grid(name, [])
     spec = load_spec(name)

@@ -17,7 +17,8 @@ DESIGN_KEYS = (
     "tier img_size epochs params_m bflops bflops_train cio_m fps fps_device fps_batch train_time_s top1 "
     "val_top1 ap ap50 git_sha started_at finished_at wandb_run_id wandb_dir torch_version host threads"
 ).split()
-EXTENSION_KEYS = ["launches", "steps", "resumed_from_step"]  # issue 7 (resume), issue 14 (launches)
+# issue 7 (resume), issue 14 (launches), issue 18 (reused_from: a copy of another sweep's run)
+EXTENSION_KEYS = ["launches", "steps", "resumed_from_step", "reused_from"]
 
 
 def test_record_keys_are_the_design_contract():

@@ -230,7 +230,19 @@ def test_table1_grid_is_every_row_times_three_seeds():
 
 def test_figure4_grid_is_four_structures_times_three_seeds():
     jobs = _grid("sweep=figure4")
-    assert len(jobs) == 4 * 3 and [j[1] for j in jobs[:4]] == ["fusion=none", "fusion=csp", "fusion=first", "fusion=last"]
+    assert len(jobs) == 4 * 3 and [j[1] for j in jobs[:4]] == [
+        "variant=peleenet", "variant=csp_g50_csp", "variant=csp_g50_first", "variant=csp_g50_last"]
+
+
+@pytest.mark.parametrize("row_id, variant", [("none", "peleenet"), ("csp", "csp_g50_csp"),
+                                              ("first", "csp_g50_first"), ("last", "csp_g50_last")])
+def test_figure4_rows_are_table1_grid_points(compose, row_id, variant):
+    """Each Figure 4 structure has the config hash of its Table 1 row (issue 18: one run, reused)."""
+    from csp_ablate.identity import config_hash
+
+    fig = compose("sweep=figure4", f"variant={variant}", "threads=1", "output_dir=/tmp/x")
+    assert (fig.model.name, fig.gamma, fig.fusion, fig.activation) == tuple(load_spec("figure4").row(row_id).axes.values())
+    assert config_hash(fig) == config_hash(compose("sweep=table1", f"variant={variant}", "threads=1", "output_dir=/tmp/y"))
 
 
 @pytest.mark.parametrize("row_id", [r.id for r in load_spec("table1").rows])

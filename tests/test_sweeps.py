@@ -127,7 +127,9 @@ def test_figure4_smoke_sweep_end_to_end(figure4_smoke):
     for name in ("figure4.png", "figure4.svg", "figure4.csv", "figure4.md", "claims.csv", "claims.md"):
         assert (sweep_dir / name).stat().st_size > 0, name
     table = pd.read_csv(sweep_dir / "figure4.csv")
-    assert list(table["fusion"]) == ["none", "csp", "first", "last"] and set(table["n"]) == {1}
+    assert list(table["row"]) == ["none", "csp", "first", "last"] and set(table["n"]) == {1}
+    # (a) is Table 1's PeleeNet grid point (no fusion axis), so Figure 4 can reuse its runs
+    assert table["fusion"].isna().tolist() == [True, False, False, False] and table["model"][0] == "peleenet"
     claims = pd.read_csv(sweep_dir / "claims.csv").set_index("claim")
     assert claims.loc["f4_first_bflops", "verdict"] == "reproduced"
     assert claims.loc["f4_first_top1", "verdict"] == "inconclusive"  # one seed: no interval
@@ -353,3 +355,40 @@ def test_table2_smoke_sweep_end_to_end(tmp_path, tiny_fmnist):
     gfm = runs[runs["neck"] == "gfm"].iloc[0]
     assert table.loc["gfm", "ap50_mean"] == pytest.approx(float(gfm["ap50"]), abs=1e-4)
     assert (sweep_dir / "claims.csv").is_file() and (sweep_dir / "table2.png").is_file()
+
+
+def test_figure4_reuses_table1_runs_of_the_same_tier(tmp_path, data_override):
+    """Issue 18: one set of runs per tier. Figure 4's rows that Table 1 already ran (same config
+    hash + seed) are copied with `reused_from`, not retrained; a new row trains; force retrains."""
+    tier_dir = tmp_path / "smoke"
+    common = ("tier=smoke", "logger=none", "seed=0", *data_override)
+    first = run_cli("-m", "sweep=table1", "variant=peleenet,csp_g50_last",
+                    f"hydra.sweep.dir={tier_dir / 'table1'}", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table1 = {r["config_hash"]: r for r in records(tier_dir / "table1")}
+
+    proc = run_cli("-m", "sweep=figure4", "variant=peleenet,csp_g50_last,csp_g50_first",
+                   f"hydra.sweep.dir={tier_dir / 'figure4'}", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert count_lines(proc.stdout, "[csp_ablate] reused:") == 2
+    figure4 = records(tier_dir / "figure4")
+    reused = [r for r in figure4 if r["reused_from"]]
+    assert len(reused) == 2 and len(figure4) == 3
+    for rec in reused:
+        original = table1[rec["config_hash"]]
+        assert rec["reused_from"].startswith("table1/") and rec["sweep"] == "figure4"
+        assert {k: rec[k] for k in ("run_id", "top1", "val_top1", "started_at", "git_sha")} == {
+            k: original[k] for k in ("run_id", "top1", "val_top1", "started_at", "git_sha")}
+        assert str(tmp_path) not in json.dumps(rec)  # the note is tier-relative, no machine path
+    trained = next(r for r in figure4 if not r["reused_from"])
+    assert trained["fusion"] == "first" and trained["config_hash"] not in table1
+    runs = pd.read_csv(tier_dir / "figure4" / "runs.csv")
+    assert runs["reused_from"].notna().sum() == 2  # the report keeps the note
+
+    again = run_cli("-m", "sweep=figure4", "variant=peleenet", "force=true",
+                    f"hydra.sweep.dir={tier_dir / 'figure4'}", *common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert count_lines(again.stdout, "[csp_ablate] reused:") == 0
+    rerun = next(r for r in records(tier_dir / "figure4") if r["model"] == "peleenet")
+    assert rerun["reused_from"] is None and rerun["started_at"] != table1[rerun["config_hash"]]["started_at"]
+    assert rerun["top1"] == table1[rerun["config_hash"]]["top1"]  # same identity, same result

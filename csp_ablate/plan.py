@@ -26,7 +26,9 @@
    ``kill -TERM -- -<pgid>`` (the multiruns and their workers share the planner's process group).
 
 Options (``key=value``): ``budget_min`` (required to run), ``dry_run`` (print only), ``jobs``
-(parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30).
+(parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30),
+``min_seeds`` (5: the floor of every row a top-1/AP claim compares, planned even when the
+power analysis asks for fewer or the budget is short; the plan says so).
 Imports no torch; the multiruns are subprocesses.
 """
 
@@ -46,7 +48,9 @@ from csp_ablate.report.spec import SWEEPS_DIR, ReportSpec, load_spec
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PILOT_SEEDS = 3
-PLAN_KEYS = ("seeds", "budget_min", "dry_run", "jobs", "power", "max_seeds")
+#: Seeds every row that a statistical (top-1/AP) claim compares gets at least (issue 18).
+MIN_SEEDS = 5
+PLAN_KEYS = ("seeds", "budget_min", "dry_run", "jobs", "power", "max_seeds", "min_seeds")
 
 
 @dataclass
@@ -147,7 +151,7 @@ def job_minutes(runs: pd.DataFrame) -> pd.Series:
 
 
 def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min: float,
-              power: float = 0.8, max_seeds: int = 30) -> Plan:
+              power: float = 0.8, max_seeds: int = 30, min_seeds: int = MIN_SEEDS) -> Plan:
     """The pilot still missing and the top-up of the rows the claims need, within ``budget_min``."""
     from csp_ablate.report.tables import assign_rows, evidence_for, statistical_test
     from csp_ablate.report.verdicts import seeds_needed
@@ -187,7 +191,16 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
                        "seeds_needed": need, "rows": (claim.row, claim.vs),
                        "status": "no variance yet" if ev is None or ev.sigma != ev.sigma
                        else (f"out of reach (> {max_seeds} seeds)" if need != need else None)})
-    total = 0.0
+    # the floor: every row a statistical claim compares gets min_seeds (issue 18: n >= 5), even
+    # when the power analysis asks for fewer; it is paid before any power-driven top-up
+    floor_rows = {r for c in claims if c["rows"] for r in c["rows"]}
+    floor = {r: max(0, min_seeds - max(n_now[r], PILOT_SEEDS)) for r in floor_rows}
+    total = sum(k * per_job[r] for r, k in floor.items() if k) / grid.parallel if any(floor.values()) else 0.0
+    for r in floor_rows:
+        target[r] = max(target[r], min_seeds)
+    if total + pilot_minutes > budget_min:
+        notes.append(f"the floor of {min_seeds} seeds per claim row alone needs ~{total + pilot_minutes:.0f} min "
+                     f"> budget {budget_min:.0f}: it is planned anyway")
     open_claims = [c for c in claims if c["status"] is None]
     while open_claims:  # greedy: the claim whose missing runs cost least, given what is planned
         def cost(c):
@@ -199,7 +212,8 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
             for r in set(best["rows"]):
                 target[r] = max(target[r], int(best["seeds_needed"]))
             total += 0.0 if math.isnan(extra) else extra
-            best["status"] = "planned" if extra > 0 or math.isnan(extra) else "enough seeds already"
+            floored = any(floor.get(r, 0) for r in best["rows"])
+            best["status"] = "planned" if extra > 0 or math.isnan(extra) or floored else "enough seeds already"
         else:
             best["status"] = f"over budget (+{extra:.0f} min)"
     rows = pd.DataFrame([{"row": r, "n_now": n_now[r], "n_planned": max(target[r], PILOT_SEEDS),
@@ -272,7 +286,8 @@ def build(options: dict[str, str], passthrough: list[str]) -> tuple[Plan, list[l
     grid = sweep_grid(name, passthrough, int(options["jobs"]) if "jobs" in options else None)
     runs = runs_frame(grid.sweep_dir) if grid.sweep_dir.is_dir() else pd.DataFrame(columns=_record_keys())
     plan = make_plan(runs, load_spec(name), grid, float(options.get("budget_min", "inf")),
-                     float(options.get("power", 0.8)), int(options.get("max_seeds", 30)))
+                     float(options.get("power", 0.8)), int(options.get("max_seeds", 30)),
+                     int(options.get("min_seeds", MIN_SEEDS)))
     return plan, commands(plan, passthrough)
 
 

@@ -78,6 +78,20 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, no_subproc
     assert f"seed=0,1,2,3,4 variant=" in out and f"hydra.sweep.dir={sweep}" in out
 
 
+def test_every_row_a_top1_claim_compares_gets_the_floor(tmp_path):
+    """Issue 18: at least min_seeds (5) per row that a top-1 claim compares, even within a
+    budget too small for it (the plan says so); a row no claim compares stays at the pilot."""
+    sweep = copy_records(tmp_path / "table1")
+    p, _ = plan.build({"sweep": "table1", "budget_min": "1"}, [f"hydra.sweep.dir={sweep}"])
+    rows = p.rows.set_index("row")
+    claim_rows = {r for c in load_spec("table1").claims if c.metric == "top1" for r in (c.row, c.vs)}
+    assert len(claim_rows) == 10 and (rows.loc[sorted(claim_rows), "n_planned"] >= 5).all()
+    assert (rows.drop(index=sorted(claim_rows))["n_planned"] == 3).all()
+    assert any("floor of 5 seeds" in note for note in p.notes)
+    p7, _ = plan.build({"sweep": "table1", "budget_min": "1", "min_seeds": "7"}, [f"hydra.sweep.dir={sweep}"])
+    assert (p7.rows.set_index("row").loc[sorted(claim_rows), "n_planned"] >= 7).all()
+
+
 def test_run_launches_the_planned_multiruns(tmp_path, no_subprocess):
     sweep = copy_records(tmp_path / "table1")
     p, cmds = plan.build({"sweep": "table1", "budget_min": "40"}, [f"hydra.sweep.dir={sweep}"])

@@ -161,7 +161,7 @@ def test_wandb_sweep_jobs_are_train_runs_in_the_sweep_group(tmp_path, data_overr
     from wandb_offline import find_offline_runs
 
     sweep_dir = tmp_path / "figure4"
-    proc = run_cli("-m", "sweep=figure4", "fusion=none,last", "tier=smoke", "logger=wandb", "seed=0",
+    proc = run_cli("-m", "sweep=figure4", "variant=peleenet,csp_g50_last", "tier=smoke", "logger=wandb", "seed=0",
                    f"hydra.sweep.dir={sweep_dir}", *data_override, env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups = {}
@@ -230,9 +230,18 @@ def test_sweep_extended_into_the_same_dir_sets_other_grid_points_aside(tmp_path,
     assert sorted(runs["seed"]) == [0, 1, 2] and set(runs["status"]) == {"completed"}
 
 
-def _reap_group(proc: subprocess.Popen) -> None:
-    """SIGKILL whatever is left of the killed sweep's process group (a worker being spawned while
-    SIGTERM went out), so nothing of it can write into the sweep dir during the rerun."""
+def _reap_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Let the SIGTERMed sweep's workers finish saving their checkpoints (the launcher can exit
+    first), then SIGKILL whatever is left of its process group (a worker being spawned while
+    SIGTERM went out), so nothing of it can write into the sweep dir during the rerun. Killing
+    a worker mid-save leaves its ``.last.ckpt.<pid>.tmp`` behind (never a torn checkpoint)."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone of the group still alive?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
     for _ in range(100):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -283,7 +292,7 @@ def test_ctrl_c_in_the_launcher_is_one_line(tmp_path, data_override):
 
 @pytest.mark.parametrize("launcher", [
     pytest.param(("seed=0,1,2",), id="adhoc-basic"),
-    pytest.param(("sweep=figure4", "fusion=none", "seed=0,1,2"), id="named-joblib", marks=pytest.mark.slow),
+    pytest.param(("sweep=figure4", "variant=peleenet", "seed=0,1,2"), id="named-joblib", marks=pytest.mark.slow),
 ])
 def test_killed_sweep_keeps_finished_records_and_resumes(launcher, tmp_path, data_override):
     """SIGTERM the sweep once its first job finished; rerun: only the missing jobs run."""
@@ -320,7 +329,7 @@ def test_killed_sweep_keeps_finished_records_and_resumes(launcher, tmp_path, dat
 def test_joblib_launcher_runs_two_jobs_at_once_and_aggregates_exactly(tmp_path, data_override):
     """Named sweeps default to conf/hydra/launcher/joblib2.yaml: two jobs at once."""
     sweep_dir = tmp_path / "joblib"
-    proc = run_cli("-m", "sweep=figure4", "fusion=csp,last", "seed=0,1", "tier=smoke", "logger=none",
+    proc = run_cli("-m", "sweep=figure4", "variant=csp_g50_csp,csp_g50_last", "seed=0,1", "tier=smoke", "logger=none",
                    f"hydra.sweep.dir={sweep_dir}", *data_override)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[csp_ablate.report] figure4: 4 completed, 0 failed" in proc.stdout
@@ -358,37 +367,32 @@ def test_table2_smoke_sweep_end_to_end(tmp_path, tiny_fmnist):
 
 
 def test_figure4_reuses_table1_runs_of_the_same_tier(tmp_path, data_override):
-    """Issue 18: one set of runs per tier. Figure 4's rows that Table 1 already ran (same config
-    hash + seed) are copied with `reused_from`, not retrained; a new row trains; force retrains."""
+    """Issue 18: one set of runs per tier. A Figure 4 row that Table 1 already ran (same config
+    hash + seed) is copied with `reused_from`, not retrained; a new row trains; force retrains."""
     tier_dir = tmp_path / "smoke"
     common = ("tier=smoke", "logger=none", "seed=0", *data_override)
-    first = run_cli("-m", "sweep=table1", "variant=peleenet,csp_g50_last",
-                    f"hydra.sweep.dir={tier_dir / 'table1'}", *common)
+    first = run_cli("-m", "sweep=table1", "variant=csp_g50_last", f"hydra.sweep.dir={tier_dir / 'table1'}", *common)
     assert first.returncode == 0, first.stderr[-3000:]
-    table1 = {r["config_hash"]: r for r in records(tier_dir / "table1")}
+    (original,) = records(tier_dir / "table1")
 
-    proc = run_cli("-m", "sweep=figure4", "variant=peleenet,csp_g50_last,csp_g50_first",
+    proc = run_cli("-m", "sweep=figure4", "variant=csp_g50_last,peleenet",
                    f"hydra.sweep.dir={tier_dir / 'figure4'}", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert count_lines(proc.stdout, "[csp_ablate] reused:") == 2
-    figure4 = records(tier_dir / "figure4")
-    reused = [r for r in figure4 if r["reused_from"]]
-    assert len(reused) == 2 and len(figure4) == 3
-    for rec in reused:
-        original = table1[rec["config_hash"]]
-        assert rec["reused_from"].startswith("table1/") and rec["sweep"] == "figure4"
-        assert {k: rec[k] for k in ("run_id", "top1", "val_top1", "started_at", "git_sha")} == {
-            k: original[k] for k in ("run_id", "top1", "val_top1", "started_at", "git_sha")}
-        assert str(tmp_path) not in json.dumps(rec)  # the note is tier-relative, no machine path
-    trained = next(r for r in figure4 if not r["reused_from"])
-    assert trained["fusion"] == "first" and trained["config_hash"] not in table1
+    assert count_lines(proc.stdout, "[csp_ablate] reused:") == 1
+    figure4 = {r["model"]: r for r in records(tier_dir / "figure4")}
+    reused, trained = figure4["csppeleenet"], figure4["peleenet"]
+    assert reused["reused_from"] == "table1/0/record.json" and reused["sweep"] == "figure4"
+    same = ("config_hash", "run_id", "top1", "val_top1", "started_at", "git_sha", "launches")
+    assert {k: reused[k] for k in same} == {k: original[k] for k in same}
+    assert str(tmp_path) not in json.dumps(reused)  # the note is tier-relative, no machine path
+    assert trained["reused_from"] is None and trained["fusion"] is None  # a new row trains
     runs = pd.read_csv(tier_dir / "figure4" / "runs.csv")
-    assert runs["reused_from"].notna().sum() == 2  # the report keeps the note
+    assert runs["reused_from"].notna().sum() == 1  # the report keeps the note
 
-    again = run_cli("-m", "sweep=figure4", "variant=peleenet", "force=true",
+    again = run_cli("-m", "sweep=figure4", "variant=csp_g50_last", "force=true",
                     f"hydra.sweep.dir={tier_dir / 'figure4'}", *common)
     assert again.returncode == 0, again.stderr[-3000:]
     assert count_lines(again.stdout, "[csp_ablate] reused:") == 0
-    rerun = next(r for r in records(tier_dir / "figure4") if r["model"] == "peleenet")
-    assert rerun["reused_from"] is None and rerun["started_at"] != table1[rerun["config_hash"]]["started_at"]
-    assert rerun["top1"] == table1[rerun["config_hash"]]["top1"]  # same identity, same result
+    rerun = next(r for r in records(tier_dir / "figure4") if r["model"] == "csppeleenet")
+    assert rerun["reused_from"] is None and rerun["started_at"] != original["started_at"]
+    assert rerun["top1"] == original["top1"]  # same identity, same result

@@ -3,14 +3,13 @@
 Fast tests check configs, the ImageFolder datamodule, DDP sharding and the re-launch command
 in-process, and prove the tier=paper path end to end on a generated ImageFolder (CPU, fp32, a
 few steps). Tests marked ``slow`` start several processes: CPU DDP with 2 ranks (gloo), the
-joblib and submitit_local launchers, and the benchmarks in quick mode.
+joblib and submitit_local launchers (the scale benchmarks' quick mode: tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -434,17 +433,3 @@ def test_submitit_local_two_job_sweep(tmp_path, data_override):
     records = [json.loads((tmp_path / job / "record.json").read_text()) for job in ("0", "1")]
     assert [r["status"] for r in records] == ["completed", "completed"] and {r["seed"] for r in records} == {0, 1}
     assert (tmp_path / ".submitit").is_dir() and (tmp_path / "runs.csv").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("bench, csv", [("bench_ddp", "ddp_overhead"), ("bench_imagefolder", "imagefolder")])
-def test_scale_benchmarks_quick_mode(bench, csv, tmp_path):
-    import pandas as pd
-
-    env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{bench}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    df = pd.read_csv(tmp_path / f"{csv}.csv")
-    assert len(df) >= 2 and {"cores", "threads", "torch_version", "device"} <= set(df.columns)
-    assert f"**{csv}**" in (tmp_path / "summary.md").read_text()

@@ -35,9 +35,16 @@ def records(sweep_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def table1_smoke(tmp_path_factory, data_override):
+def smoke_tier(tmp_path_factory) -> Path:
+    """A tier dir (``<tmp>/smoke``) holding this module's named sweeps side by side, as
+    ``results/smoke/<sweep>``: Figure 4 reuses Table 1's runs there (issue 18)."""
+    return tmp_path_factory.mktemp("results") / "smoke"
+
+
+@pytest.fixture(scope="module")
+def table1_smoke(smoke_tier, data_override):
     """`sweep=table1` restricted to three rows x two seeds, tier=smoke (6 jobs)."""
-    sweep_dir = tmp_path_factory.mktemp("table1") / "sweep"
+    sweep_dir = smoke_tier / "table1"
     proc = run_cli(
         "-m", "sweep=table1", "tier=smoke", "logger=none", "seed=0,1", f"variant={','.join(TABLE1_ROWS)}",
         f"hydra.sweep.dir={sweep_dir}", *data_override,
@@ -112,9 +119,11 @@ def _wandb_records(run_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def figure4_smoke(tmp_path_factory, data_override):
-    """`sweep=figure4`, tier=smoke, one seed (4 jobs); jobs log nothing, the report run goes to W&B."""
-    sweep_dir = tmp_path_factory.mktemp("figure4") / "sweep"
+def figure4_smoke(table1_smoke, smoke_tier, data_override):
+    """`sweep=figure4`, tier=smoke, one seed (4 jobs) beside ``table1_smoke``: rows (a), (b) and
+    (d) are Table 1 grid points it already ran, so only (c) trains. Jobs log nothing, the report
+    run goes to W&B."""
+    sweep_dir = smoke_tier / "figure4"
     proc = run_cli("-m", "sweep=figure4", "tier=smoke", "logger=none", "seed=0", "hydra.callbacks.report.wandb=always",
                    f"hydra.sweep.dir={sweep_dir}", *data_override, env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -366,33 +375,34 @@ def test_table2_smoke_sweep_end_to_end(tmp_path, tiny_fmnist):
     assert (sweep_dir / "claims.csv").is_file() and (sweep_dir / "table2.png").is_file()
 
 
-def test_figure4_reuses_table1_runs_of_the_same_tier(tmp_path, data_override):
+def test_figure4_reuses_table1_runs_of_the_same_tier(figure4_smoke, table1_smoke, tmp_path, data_override):
     """Issue 18: one set of runs per tier. A Figure 4 row that Table 1 already ran (same config
     hash + seed) is copied with `reused_from`, not retrained; a new row trains; force retrains."""
-    tier_dir = tmp_path / "smoke"
-    common = ("tier=smoke", "logger=none", "seed=0", *data_override)
-    first = run_cli("-m", "sweep=table1", "variant=csp_g50_last", f"hydra.sweep.dir={tier_dir / 'table1'}", *common)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (original,) = records(tier_dir / "table1")
-
-    proc = run_cli("-m", "sweep=figure4", "variant=csp_g50_last,peleenet",
-                   f"hydra.sweep.dir={tier_dir / 'figure4'}", *common)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert count_lines(proc.stdout, "[csp_ablate] reused:") == 1
-    figure4 = {r["model"]: r for r in records(tier_dir / "figure4")}
-    reused, trained = figure4["csppeleenet"], figure4["peleenet"]
-    assert reused["reused_from"] == "table1/0/record.json" and reused["sweep"] == "figure4"
+    figure4_dir, proc = figure4_smoke
+    table1_dir, _ = table1_smoke
+    assert count_lines(proc.stdout, "[csp_ablate] reused:") == 3
+    originals = {json.loads(p.read_text())["run_id"]: p for p in table1_dir.glob("*/record.json")}
+    figure4 = {r["fusion"]: r for r in records(figure4_dir)}
+    assert figure4["first"]["reused_from"] is None  # (c) is not a Table 1 grid point here: it trains
     same = ("config_hash", "run_id", "top1", "val_top1", "started_at", "git_sha", "launches")
-    assert {k: reused[k] for k in same} == {k: original[k] for k in same}
-    assert str(tmp_path) not in json.dumps(reused)  # the note is tier-relative, no machine path
-    assert trained["reused_from"] is None and trained["fusion"] is None  # a new row trains
-    runs = pd.read_csv(tier_dir / "figure4" / "runs.csv")
-    assert runs["reused_from"].notna().sum() == 1  # the report keeps the note
+    for fusion in (None, "csp", "last"):
+        reused = figure4[fusion]
+        path = originals[reused["run_id"]]
+        original = json.loads(path.read_text())
+        assert reused["reused_from"] == f"table1/{path.parent.name}/record.json" and reused["sweep"] == "figure4"
+        assert {k: reused[k] for k in same} == {k: original[k] for k in same}
+        assert str(table1_dir.parent) not in json.dumps(reused)  # the note is tier-relative, no machine path
+    runs = pd.read_csv(figure4_dir / "runs.csv")
+    assert runs["reused_from"].notna().sum() == 3  # the report keeps the note
 
-    again = run_cli("-m", "sweep=figure4", "variant=csp_g50_last", "force=true",
-                    f"hydra.sweep.dir={tier_dir / 'figure4'}", *common)
+    tier = tmp_path / "smoke"  # a copy, so the module's sweeps stay as their own tests expect
+    for name in ("table1", "figure4"):
+        shutil.copytree(table1_dir.parent / name, tier / name, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    again = run_cli("-m", "sweep=figure4", "variant=csp_g50_last", "tier=smoke", "logger=none", "seed=0", "force=true",
+                    f"hydra.sweep.dir={tier / 'figure4'}", *data_override)
     assert again.returncode == 0, again.stderr[-3000:]
     assert count_lines(again.stdout, "[csp_ablate] reused:") == 0
-    rerun = next(r for r in records(tier_dir / "figure4") if r["model"] == "csppeleenet")
-    assert rerun["reused_from"] is None and rerun["started_at"] != original["started_at"]
+    original = figure4["last"]
+    rerun = json.loads((tier / "figure4" / "0" / "record.json").read_text())  # job 0 of the one-point grid
+    assert (rerun["fusion"], rerun["reused_from"]) == ("last", None) and rerun["started_at"] != original["started_at"]
     assert rerun["top1"] == original["top1"]  # same identity, same result

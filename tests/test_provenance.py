@@ -52,6 +52,24 @@ def test_committed_records_are_clean_and_hold_no_absolute_paths():
     assert not absolute, f"absolute paths in committed records (write them relative): {absolute}"
 
 
+def test_committed_records_name_commits_in_the_history():
+    """A record's commit (and each launch's) must be one a reviewer can check out (issue 18):
+    not a commit that was amended, rebased away or never pushed."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True,
+                              timeout=60).stdout.strip()
+
+    if git("rev-parse", "--is-shallow-repository") == "true":
+        pytest.skip("shallow clone: the history to check against is not here")
+    history = set(git("rev-list", "HEAD").split())
+    missing = {}
+    for path in committed_records():
+        for sha in _shas(json.loads(path.read_text())):
+            if sha.removesuffix("+dirty") not in history:
+                missing.setdefault(sha or "(none)", path.relative_to(REPO).as_posix())
+    assert not missing, f"records name commits that are not in this history (sha: first record): {missing}"
+
+
 def test_allow_list_only_names_existing_dirty_evidence():
     """The allow-list shrinks as issue 18 regenerates the evidence; a stale entry must go."""
     records = committed_records()

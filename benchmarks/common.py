@@ -2,7 +2,8 @@
 
 Timings on a shared machine are noisy, so every target is a *ratio* measured side by side in
 one run, with the median of several repetitions; every CSV row names the machine (cores,
-threads, torch version, device) so figures from different machines are never mixed.
+threads, torch version, device) so figures from different machines are never mixed, and the
+commit (``git_sha``, ``+dirty`` for uncommitted code) so every figure can be traced to its code.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def machine() -> dict[str, object]:
     }
     import torch
 
+    from csp_ablate.record import git_sha
+
     info.update(
+        git_sha=git_sha(),
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
         device=f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu",
@@ -79,8 +83,10 @@ def write_result(name: str, rows: list[dict], summary: str) -> Path:
     mode = "quick" if QUICK else "full"
     if QUICK:  # tiny settings: the figures prove the benchmark runs, they are not a verdict
         summary = "[quick mode: tiny settings, pass/FAIL not meaningful] " + summary
+    sha = str(facts.get("git_sha"))
+    commit = sha[:7] + ("+dirty" if sha.endswith("+dirty") else "")
     lines.append(f"- **{name}** ({mode}, {facts['cores']} cores, {facts.get('threads')} threads, "
-                 f"torch {facts.get('torch_version')}, {facts.get('device')}, {facts['date']}): {summary}")
+                 f"torch {facts.get('torch_version')}, {facts.get('device')}, {facts['date']}, git {commit}): {summary}")
     summary_path.write_text("\n".join(lines) + "\n")
     print(df.to_string(index=False))
     print(summary)

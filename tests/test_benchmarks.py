@@ -27,7 +27,7 @@ def test_benchmark_runs_in_quick_mode(bench, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(tmp_path / f"{CSV[bench]}.csv")
     assert len(df) > 0
-    assert {"cores", "threads", "torch_version", "device"} <= set(df.columns)
+    assert {"cores", "threads", "torch_version", "device", "git_sha"} <= set(df.columns)
     assert f"**{CSV[bench]}**" in (tmp_path / "summary.md").read_text()
 
 

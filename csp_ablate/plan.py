@@ -27,8 +27,10 @@
 
 Options (``key=value``): ``budget_min`` (required to run), ``dry_run`` (print only), ``jobs``
 (parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30),
-``min_seeds`` (5: the floor of every row a top-1/AP claim compares, planned even when the
-power analysis asks for fewer or the budget is short; the plan says so).
+``min_seeds`` (5, from the pilot's 3 to ``max_seeds``: the floor of every row a statistical
+claim compares (top-1, AP, fps; not the exact BFLOPs counts), planned even when the power
+analysis asks for fewer or the budget is short; the plan says so, and a claim the floor already
+pays is ``planned``, never "over budget").
 Imports no torch; the multiruns are subprocesses.
 """
 
@@ -58,7 +60,7 @@ class SweepGrid:
     """What the planner needs of ``sweeps/<name>.yaml``: where it writes and how rows are selected."""
     name: str
     sweep_dir: Path
-    row_key: str  # the grid axis that selects a row: variant (Table 1/2) or fusion (Figure 4)
+    row_key: str  # the grid axis that selects a row (``variant`` in every named sweep)
     row_values: dict[str, str]  # spec row id -> value of row_key
     parallel: int
 
@@ -208,7 +210,7 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
         best = min(open_claims, key=cost)
         open_claims.remove(best)
         extra = cost(best)
-        if math.isnan(extra) or total + pilot_minutes + extra <= budget_min:
+        if math.isnan(extra) or extra == 0 or total + pilot_minutes + extra <= budget_min:  # 0: the floor paid it
             for r in set(best["rows"]):
                 target[r] = max(target[r], int(best["seeds_needed"]))
             total += 0.0 if math.isnan(extra) else extra
@@ -285,9 +287,12 @@ def build(options: dict[str, str], passthrough: list[str]) -> tuple[Plan, list[l
         raise ValueError(f"seeds={options['seeds']}: the planner only knows seeds=auto")
     grid = sweep_grid(name, passthrough, int(options["jobs"]) if "jobs" in options else None)
     runs = runs_frame(grid.sweep_dir) if grid.sweep_dir.is_dir() else pd.DataFrame(columns=_record_keys())
+    max_seeds, min_seeds = int(options.get("max_seeds", 30)), int(options.get("min_seeds", MIN_SEEDS))
+    if not PILOT_SEEDS <= min_seeds <= max_seeds:
+        raise ValueError(f"min_seeds={min_seeds}: give a floor between the pilot's {PILOT_SEEDS} seeds and "
+                         f"max_seeds={max_seeds}")
     plan = make_plan(runs, load_spec(name), grid, float(options.get("budget_min", "inf")),
-                     float(options.get("power", 0.8)), int(options.get("max_seeds", 30)),
-                     int(options.get("min_seeds", MIN_SEEDS)))
+                     float(options.get("power", 0.8)), max_seeds, min_seeds)
     return plan, commands(plan, passthrough)
 
 

@@ -9,9 +9,11 @@ A multirun is restartable (README "Sweeps"):
   of the same tier (a sibling of ``hydra.sweep.dir`` when that is ``<...>/<tier>/<sweep>``, as
   the named sweeps' ``results/<tier>/<sweep>``) is not trained
   again; its record is copied into this job's dir with ``reused_from`` naming the original
-  (``<sweep>/<job>/record.json``), so Figure 4 reads Table 1's runs of its four shared rows.
-  The config hash contains ``tier`` and every result-changing key, so only the same
-  experiment matches; ``force=true`` retrains (and then neither copy is reused).
+  (``<sweep>/<job>/record.json``; the copy keeps the original's ``run_id``), so Figure 4 reads
+  Table 1's runs of its four shared rows. The config hash contains ``tier``, ``threads`` (set
+  by the launcher's parallel jobs) and every result-changing key, so only the same experiment
+  matches; ``force=true`` retrains. Sweeps of a tier that run at the same time do not wait for
+  each other: a point both lack is trained by both.
 * a finished record is never overwritten by a different grid point: when a rerun with another
   grid (or order) lands on a job dir that holds one, it is first renamed to
   ``record.<run_id>.json`` in the same dir (the report reads those too).
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,8 @@ def pop_job_control(cfg: DictConfig) -> dict[str, Any]:
         return {key: cfg.pop(key, None) for key in JOB_CONTROL_KEYS}
 
 
-def find_completed(sweep_dir: Path, chash: str, seed: int) -> Path | None:
-    """A ``completed`` record of this grid point in any job dir of ``sweep_dir``, else None."""
+def completed_records(sweep_dir: Path, chash: str, seed: int) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every ``completed`` record of this grid point in the job dirs of ``sweep_dir``, parsed once."""
     for path in sorted(Path(sweep_dir).glob("*/record*.json")):
         try:
             rec = json.loads(path.read_text())
@@ -57,42 +60,54 @@ def find_completed(sweep_dir: Path, chash: str, seed: int) -> Path | None:
         if not isinstance(rec, dict):
             continue  # `[]`, `null`, a number: not a record (warned once by the callback)
         if rec.get("status") == "completed" and rec.get("config_hash") == chash and rec.get("seed") == seed:
-            return path
-    return None
+            yield path, rec
 
 
-def find_in_tier(sweep_dir: Path, chash: str, seed: int, tier: str) -> Path | None:
-    """A ``completed`` record of this grid point in a sibling sweep dir of the tier, else None.
+def find_completed(sweep_dir: Path, chash: str, seed: int) -> Path | None:
+    """A ``completed`` record of this grid point in any job dir of ``sweep_dir``, else None."""
+    return next((path for path, _ in completed_records(sweep_dir, chash, seed)), None)
 
-    Only the tier layout counts (``<...>/<tier>/<sweep>``, as ``results/proxy/table1``): an
-    ad-hoc ``hydra.sweep.dir`` (``multirun/<date>/<time>``, a test's tmp dir) has no siblings
-    that are sweeps of its tier, so nothing is reused there. An original is preferred over a
-    copy (a record with ``reused_from``), so a copy never points at another copy."""
-    here = Path(sweep_dir).resolve()
+
+def find_in_tier(sweep_dir: Path, chash: str, seed: int, tier: str) -> tuple[Path, dict[str, Any]] | None:
+    """A ``completed`` record of this grid point in a sibling sweep dir of the tier (its path and
+    contents, read once: a sibling sweep may rename its files meanwhile), else None.
+
+    Only the tier layout counts (``<...>/<tier>/<sweep>``, as ``results/proxy/table1``), read
+    from the path as given (a sweep dir that is a symlink keeps its name); an ad-hoc
+    ``hydra.sweep.dir`` (``multirun/<date>/<time>``, a test's tmp dir) has no siblings that are
+    sweeps of its tier, so nothing is reused there. An original is preferred over a copy (a
+    record with ``reused_from``), so a copy never points at another copy."""
+    here = Path(sweep_dir).absolute()
     if here.parent.name != str(tier) or not here.parent.is_dir():
         return None
     hits = [hit for other in sorted(here.parent.iterdir())
-            if other.is_dir() and other.resolve() != here
-            and (hit := find_completed(other, chash, seed)) is not None]
-    for hit in hits:
-        if not json.loads(hit.read_text()).get("reused_from"):
-            return hit
-    return hits[0] if hits else None
+            if other.is_dir() and other.resolve() != here.resolve()
+            for hit in completed_records(other, chash, seed)]
+    return next((hit for hit in hits if not hit[1].get("reused_from")), hits[0] if hits else None)
 
 
-def reuse_record(source: Path, out_dir: Path, sweep: str | None) -> dict[str, Any]:
-    """Copy the completed record ``source`` into ``out_dir`` as this sweep's record.
+def reuse_record(source: Path, rec: dict[str, Any], out_dir: Path, sweep: str | None) -> dict[str, Any]:
+    """Copy the completed record ``rec`` (read from ``source``) into ``out_dir`` as this sweep's record.
 
     The copy keeps every result and provenance field of the run (its W&B run stays in the
-    original sweep's group); ``sweep`` becomes this sweep and ``reused_from`` says where the
-    run lives, relative to the tier dir, so the copy holds no machine path."""
+    original sweep's group; ``wandb_dir`` is rebased to point at it from the copy); ``sweep``
+    becomes this sweep and ``reused_from`` says where the run lives, relative to the tier dir, so
+    the copy holds no machine path. The copy has the original's ``run_id``: that, not the path
+    (a sweep extended later may rename its record files), is what identifies the original."""
     from csp_ablate.atomic import write_json_atomic
     from csp_ablate.record import RECORD_FILE
 
-    rec = json.loads(Path(source).read_text())
-    origin = rec.get("reused_from") or f"{source.parent.parent.name}/{source.parent.name}/{source.name}"
+    source, out_dir = Path(source), Path(out_dir)
+    rec = dict(rec)
+    origin = rec.get("reused_from")
+    if not origin or str(origin).startswith(f"{out_dir.parent.name}/"):
+        # an original, or a copy whose original was in this very sweep dir (deleted since): the
+        # copy becomes the origin, so the note never points back into the sweep it is written to
+        origin = f"{source.parent.parent.name}/{source.parent.name}/{source.name}"
     rec.update(sweep=sweep, reused_from=origin)
-    out_dir = Path(out_dir)
+    wandb_dir = rec.get("wandb_dir")
+    if isinstance(wandb_dir, str) and wandb_dir and not Path(wandb_dir).is_absolute():
+        rec["wandb_dir"] = os.path.relpath(source.parent / wandb_dir, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / RECORD_FILE, rec)
     return rec
@@ -133,10 +148,10 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
     sweep_dir = Path(HydraConfig.get().sweep.dir)
     done = None if force else find_completed(sweep_dir, chash, seed)
     if done is None and not force:
-        source = find_in_tier(sweep_dir, chash, seed, str(cfg.tier))
-        if source is not None:
+        found = find_in_tier(sweep_dir, chash, seed, str(cfg.tier))
+        if found is not None:
             displace_foreign_record(output_dir(cfg), chash, seed)
-            rec = reuse_record(source, output_dir(cfg), cfg.get("sweep"))
+            rec = reuse_record(*found, output_dir(cfg), cfg.get("sweep"))
             line = (f"[csp_ablate] reused: {rec.get('run_id')} (top1={rec.get('top1')}) completed in "
                     f"{rec['reused_from']}, same config hash and seed | force=true retrains it")
             log.info(line)

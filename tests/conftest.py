@@ -14,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+#: Table 1's 39 proxy records of 2026-11-24, frozen for the planner/verdict tests (see its README.md)
+TABLE1_N3 = REPO / "tests" / "data" / "table1_proxy_n3"
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:

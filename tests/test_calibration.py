@@ -6,8 +6,8 @@
      in at most 5 % of sweeps (+ 3 Monte-Carlo standard errors);
    * true effect = the paper's: "contradicted" in at most 5 % (+ 3 MC SE), for effect,
      "only 0.1" (equivalence) and direction claims; the power is printed (pytest -s).
-2. The issue's "done when": synthetic Table 1 sweeps built from the committed records
-   (results/proxy/table1: 13 rows x 3 seeds) with the top-1 of every record redrawn, driven through
+2. The issue's "done when": synthetic Table 1 sweeps built from Table 1's records of 2026-11-24
+   (tests/data/table1_proxy_n3: 13 rows x 3 seeds, frozen) with the top-1 of every record redrawn, driven through
    ``claims_table``: with every row at the same true mean at most 10 % of the verdicts on claims of a
    real effect (|p| >= 0.5 point, or a direction) are "reproduced"; with every claim true at most
    10 % of the top-1 verdicts are "contradicted".
@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import TABLE1_N3
 from csp_ablate.report import load_spec
 from csp_ablate.report.records import runs_frame
 from csp_ablate.report.tables import assign_rows, claims_table
@@ -80,14 +80,14 @@ def test_a_true_claim_is_rarely_contradicted_and_the_power_is_printed(n):
         assert np.mean(simulate(10, 0.8, 0.8, None, 7) == "reproduced") > np.mean(simulate(3, 0.8, 0.8, None, 7) == "reproduced")
 
 
-# ---- the issue's "done when" on the committed Table 1 records ----------------------------------
+# ---- the issue's "done when" on the frozen Table 1 records --------------------------------------
 TABLE1_SIMS = 100
 
 
 @pytest.fixture(scope="module")
 def table1():
     spec = load_spec("table1")
-    runs = runs_frame(REPO / "results" / "proxy" / "table1")
+    runs = runs_frame(TABLE1_N3)
     runs = runs[runs["status"] == "completed"].reset_index(drop=True)
     runs = runs.assign(row=assign_rows(runs, spec))
     assert len(runs) == 39 and runs.groupby("row").size().eq(3).all()  # 13 rows x 3 seeds

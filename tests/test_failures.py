@@ -83,9 +83,14 @@ def test_good_inputs_pass_validation(compose, overrides):
     validate_config(compose(*overrides), overrides=overrides)
 
 
-def test_figure4_single_path_row_keeps_its_sweep_gamma(compose):
-    """sweep=figure4 sets γ=0.5 for all four structures, fusion=none included: not an error."""
-    validate_config(compose("sweep=figure4", "fusion=none"), overrides=["sweep=figure4", "fusion=none"])
+@pytest.mark.parametrize("variant", ["peleenet", "csp_g50_csp", "csp_g50_first", "csp_g50_last"])
+def test_every_figure4_row_passes_validation(compose, variant):
+    """sweep=figure4's four structures are Table 1 variants; row (a) is PeleeNet (no γ, no fusion
+    axis), so no row trips the "γ with fusion=none" check."""
+    overrides = ["sweep=figure4", f"variant={variant}"]
+    cfg = compose(*overrides)
+    validate_config(cfg, overrides=overrides)
+    assert (cfg.model.name == "peleenet") == (variant == "peleenet")
 
 
 @pytest.mark.parametrize("args, code, max_lines, expected", [

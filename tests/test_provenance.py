@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TABLE1_N3
 from csp_ablate.record import RECORD_KEYS
 from csp_ablate.report.provenance import (
     PoolingError, check_poolable, group_provenance, launches_as_json, launches_of, run_provenance,
@@ -123,7 +123,7 @@ def test_report_cli_refuses_mixed_threads_in_one_row_with_one_line(tmp_path, cap
     """The pooling refusal reaches a user as a one-paragraph error (exit 2), not a traceback."""
     from csp_ablate.report.__main__ import main as report_main
 
-    sources = sorted((REPO / "results/proxy/table1").glob("*/record.json"))
+    sources = sorted(TABLE1_N3.glob("*/record.json"))
     peleenet = [p for p in sources if json.loads(p.read_text()).get("model") == "peleenet"
                 and json.loads(p.read_text()).get("activation") == "leaky"][:2]
     assert len(peleenet) == 2

@@ -259,8 +259,10 @@ def test_each_table1_variant_composes_to_its_row(compose, row_id):
 
 
 def test_figure4_and_default_sweep_compose(compose):
-    cfg = compose("sweep=figure4", "fusion=first", "output_dir=/tmp/x")
+    cfg = compose("sweep=figure4", "variant=csp_g50_first", "output_dir=/tmp/x")
     assert (cfg.model.name, cfg.gamma, cfg.fusion, cfg.sweep) == ("csppeleenet", 0.5, "first", "figure4")
+    single = compose("sweep=figure4", "variant=peleenet", "output_dir=/tmp/x")
+    assert (single.model.name, single.sweep) == ("peleenet", "figure4") and "gamma" not in single.model
     plain = compose("output_dir=/tmp/x")
     assert plain.sweep is None and plain.model.name == "csppeleenet" and "report" not in plain
 

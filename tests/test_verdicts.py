@@ -203,14 +203,14 @@ def test_margins_default_by_metric_and_can_be_overridden():
         _spec([{"id": "c", "row": "b", "vs": "a", "metric": "top1", "paper": 1, "margin": 0}])
 
 
-# ---- the committed Table 1 claims: Holm beside the verdict, power columns ------------------
-def test_committed_table1_claims_have_holm_and_power_columns():
-    from conftest import REPO
+# ---- Table 1's claims on the frozen n = 3 records: Holm beside the verdict, power columns -----
+def test_table1_claims_have_holm_and_power_columns():
+    from conftest import TABLE1_N3
     from csp_ablate.report import load_spec
     from csp_ablate.report.records import runs_frame
     from csp_ablate.report.tables import CLAIM_COLUMNS, claims_table
 
-    claims = claims_table(runs_frame(REPO / "results" / "proxy" / "table1"), load_spec("table1")).set_index("claim")
+    claims = claims_table(runs_frame(TABLE1_N3), load_spec("table1")).set_index("claim")
     assert CLAIM_COLUMNS[-4:] == ["verdict_holm", "mde80", "seeds_needed", "reason"]
     stat = claims[claims["metric"] == "top1"]
     assert ((stat["verdict_holm"] == stat["verdict"]) | (stat["verdict_holm"] == "inconclusive")).all()

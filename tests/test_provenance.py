@@ -70,6 +70,25 @@ def test_committed_records_name_commits_in_the_history():
     assert not missing, f"records name commits that are not in this history (sha: first record): {missing}"
 
 
+def test_committed_copies_point_at_their_committed_original():
+    """A reused record (issue 18) names its original tier-relative; that record must be committed
+    too and be the same run (same run_id, config hash, seed and top-1/AP), not whatever a later
+    extension of the original sweep put at that path."""
+    broken = []
+    for path in committed_records():
+        copy = json.loads(path.read_text())
+        if not copy.get("reused_from"):
+            continue
+        tier_dir = path.parent.parent.parent
+        original_path = tier_dir / copy["reused_from"]
+        same = ("run_id", "config_hash", "seed", "top1", "ap")
+        if not original_path.is_file():
+            broken.append(f"{path.relative_to(REPO)}: {copy['reused_from']} is not committed")
+        elif {k: json.loads(original_path.read_text()).get(k) for k in same} != {k: copy.get(k) for k in same}:
+            broken.append(f"{path.relative_to(REPO)}: {copy['reused_from']} is another run")
+    assert not broken, broken
+
+
 def test_allow_list_only_names_existing_dirty_evidence():
     """The allow-list shrinks as issue 18 regenerates the evidence; a stale entry must go."""
     records = committed_records()

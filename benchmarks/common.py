@@ -83,7 +83,7 @@ def write_result(name: str, rows: list[dict], summary: str) -> Path:
     mode = "quick" if QUICK else "full"
     if QUICK:  # tiny settings: the figures prove the benchmark runs, they are not a verdict
         summary = "[quick mode: tiny settings, pass/FAIL not meaningful] " + summary
-    sha = str(facts.get("git_sha"))
+    sha = facts.get("git_sha") or "unknown"
     commit = sha[:7] + ("+dirty" if sha.endswith("+dirty") else "")
     lines.append(f"- **{name}** ({mode}, {facts['cores']} cores, {facts.get('threads')} threads, "
                  f"torch {facts.get('torch_version')}, {facts.get('device')}, {facts['date']}, git {commit}): {summary}")

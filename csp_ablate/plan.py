@@ -289,8 +289,8 @@ def build(options: dict[str, str], passthrough: list[str]) -> tuple[Plan, list[l
     runs = runs_frame(grid.sweep_dir) if grid.sweep_dir.is_dir() else pd.DataFrame(columns=_record_keys())
     max_seeds, min_seeds = int(options.get("max_seeds", 30)), int(options.get("min_seeds", MIN_SEEDS))
     if not PILOT_SEEDS <= min_seeds <= max_seeds:
-        raise ValueError(f"min_seeds={min_seeds}: give a floor between the pilot's {PILOT_SEEDS} seeds and "
-                         f"max_seeds={max_seeds}")
+        raise ValueError(f"min_seeds={min_seeds} with max_seeds={max_seeds}: the floor must lie between the "
+                         f"pilot's {PILOT_SEEDS} seeds and max_seeds (min_seeds defaults to {MIN_SEEDS})")
     plan = make_plan(runs, load_spec(name), grid, float(options.get("budget_min", "inf")),
                      float(options.get("power", 0.8)), max_seeds, min_seeds)
     return plan, commands(plan, passthrough)

@@ -64,15 +64,24 @@ def is_multirun() -> bool:
 
 @functools.cache
 def git_state() -> dict[str, str | None]:
+    """:func:`git_state_of` this package's checkout (once per process)."""
+    return git_state_of(Path(__file__).resolve().parent)
+
+
+def git_state_of(here: Path) -> dict[str, str | None]:
     """The code that runs: ``git_sha`` (``+dirty`` when tracked files changed) and, when dirty,
-    ``diff_sha256`` (hash of ``git diff HEAD``), so two dirty launches can be told apart."""
-    here = Path(__file__).resolve().parent
+    ``diff_sha256`` (hash of ``git diff HEAD``), so two dirty launches can be told apart.
+
+    Changes under ``results/`` do not count: that is where sweeps and benchmarks write their
+    (tracked) evidence, so a seed plan's second multirun, or every benchmark after the first,
+    would otherwise call clean code dirty."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         diff = subprocess.run(
-            ["git", "diff", "HEAD", "--binary"], cwd=here, capture_output=True, timeout=30, check=True,
+            ["git", "diff", "HEAD", "--binary", "--", ":(top)", ":(top,exclude)results"], cwd=here,
+            capture_output=True, timeout=30, check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": None, "diff_sha256": None}

@@ -107,7 +107,7 @@ def reuse_record(source: Path, rec: dict[str, Any], out_dir: Path, sweep: str | 
     rec.update(sweep=sweep, reused_from=origin)
     wandb_dir = rec.get("wandb_dir")
     if isinstance(wandb_dir, str) and wandb_dir and not Path(wandb_dir).is_absolute():
-        rec["wandb_dir"] = os.path.relpath(source.parent / wandb_dir, out_dir)
+        rec["wandb_dir"] = os.path.relpath((source.parent / wandb_dir).resolve(), out_dir.resolve())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / RECORD_FILE, rec)
     return rec

@@ -86,7 +86,8 @@ def test_committed_copies_point_at_their_committed_original():
             broken.append(f"{path.relative_to(REPO)}: {copy['reused_from']} is not committed")
         elif {k: json.loads(original_path.read_text()).get(k) for k in same} != {k: copy.get(k) for k in same}:
             broken.append(f"{path.relative_to(REPO)}: {copy['reused_from']} is another run")
-    assert not broken, broken
+    assert not broken, (f"stale reuse notes (the original sweep was extended after the copies were made: delete "
+                        f"the copying sweep's dir and run it again, every point is reused): {broken}")
 
 
 def test_allow_list_only_names_existing_dirty_evidence():

@@ -90,3 +90,29 @@ def test_failed_record_carries_the_error(compose, tmp_path):
     rec = json.loads((tmp_path / RECORD_FILE).read_text())
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: nan loss" and rec["fusion"] == "last"
     assert list(rec) == RECORD_KEYS
+
+
+def test_evidence_written_under_results_does_not_make_code_dirty(tmp_path):
+    """A seed plan's second multirun (or the second benchmark) runs after the first rewrote
+    tracked files under results/: its records must still name a clean commit; a code change must not."""
+    import subprocess
+
+    from csp_ablate.record import git_state_of
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "proxy").mkdir(parents=True)
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "proxy" / "runs.csv").write_text("a\n1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results" / "proxy" / "runs.csv").write_text("a\n1\n2\n")
+    assert git_state_of(tmp_path / "pkg") == {"git_sha": sha, "diff_sha256": None}  # asked from a subdir, as the package does
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    state = git_state_of(tmp_path / "pkg")
+    assert state["git_sha"] == f"{sha}+dirty" and state["diff_sha256"]

@@ -65,7 +65,11 @@ def test_a_symlinked_sweep_dir_keeps_its_tier_layout(tmp_path):
     original = write(tier / "table1" / "0" / "record.json")
     (tmp_path / "scratch").mkdir()
     (tier / "figure4").symlink_to(tmp_path / "scratch", target_is_directory=True)
-    assert find_in_tier(tier / "figure4", HASH, SEED, "proxy")[0] == original
+    found = find_in_tier(tier / "figure4", HASH, SEED, "proxy")
+    assert found[0] == original
+    out_dir = tier / "figure4" / "0"  # really scratch/0: the W&B pointer must hold from there
+    rec = reuse_record(*found, out_dir, "figure4")
+    assert ((tmp_path / "scratch" / "0") / rec["wandb_dir"]).resolve() == (original.parent / "wandb" / "offline-run-1").resolve()
 
 
 def test_the_copy_points_at_the_original_without_machine_paths(tmp_path):

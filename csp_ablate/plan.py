@@ -25,7 +25,9 @@
    ``hydra.sweep.dir=...``) are passed on to every multirun. Stop it like a sweep: Ctrl-C, or
    ``kill -TERM -- -<pgid>`` (the multiruns and their workers share the planner's process group).
 
-Options (``key=value``): ``budget_min`` (required to run), ``dry_run`` (print only), ``jobs``
+Options (``key=value``): ``budget_min`` (required to run: minutes of sweep wall time from now;
+a relaunch plans what is left against it afresh, so a plan run in several launches states its
+total wall time in its COMMAND.md), ``dry_run`` (print only), ``jobs``
 (parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30),
 ``min_seeds`` (5, from the pilot's 3 to ``max_seeds``: the floor of every row a statistical
 claim compares (top-1, AP, fps; not the exact BFLOPs counts), planned even when the power
@@ -245,7 +247,7 @@ def format_plan(plan: Plan, cmds: list[list[str]]) -> str:
     sd = "; ".join(f"{m} SD {s:.3f} (df {df})" for m, (s, df) in plan.sd.items()) or "no pooled SD yet"
     pilot_runs = sum(plan.pilot.values())
     lines = [f"Seed plan for sweep {plan.grid.name} ({plan.grid.sweep_dir}), {plan.grid.parallel} job(s) at once, "
-             f"budget {plan.budget_min:g} min. Planned from the pilot's pooled seed variance only ({sd}), "
+             f"budget {plan.budget_min:.0f} min (from now). Planned from the pilot's pooled seed variance only ({sd}), "
              "80 % power, α = 0.05 (csp_ablate/plan.py says why not from its effect).",
              f"Pilot (n = {PILOT_SEEDS} per row): " + ("complete." if not pilot_runs else
                                                         f"{pilot_runs} run(s) missing, ~{plan.pilot_minutes:.0f} min."),
@@ -255,7 +257,7 @@ def format_plan(plan: Plan, cmds: list[list[str]]) -> str:
     lines += [plan.rows.to_markdown(index=False, floatfmt=".1f"), ""]
     new = int(plan.rows["new_runs"].sum())
     lines.append(f"Expected: {pilot_runs + new} new run(s), ~{plan.pilot_minutes + plan.minutes:.0f} min of sweep wall "
-                 f"time (pilot {plan.pilot_minutes:.0f} + top-up {plan.minutes:.0f}; budget {plan.budget_min:g}).")
+                 f"time (pilot {plan.pilot_minutes:.0f} + top-up {plan.minutes:.0f}; budget {plan.budget_min:.0f}).")
     lines += ["Commands (resumable: completed grid points are skipped):", *("  python " + " ".join(c[1:]) for c in cmds)]
     return "\n".join(lines)
 

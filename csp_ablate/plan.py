@@ -14,20 +14,24 @@
    significant") inflates the error rates, while the variance estimate is independent of the
    difference of means, so planning on it keeps the tests' α (an internal pilot, Wittes &
    Brittain 1990). The pilot's runs are part of the final analysis.
-3. Budget: rows are topped up claim by claim, cheapest first (a baseline shared by many claims
-   is paid once), while the expected sweep wall time stays within ``budget_min``. A job's
-   minutes are the measured wall time of the row's completed records (``finished_at -
-   started_at``, else ``train_time_s``), divided by the launcher's parallel jobs
-   (``joblib2``: 2). Claims that do not fit, or need more than ``max_seeds``, are listed.
+3. Budget: ``budget_min`` is the sweep's whole wall time, pilot included. What its completed
+   records already cost is spent (their job minutes over the parallel jobs; a copy reused from
+   a sibling sweep costs nothing), so a relaunch of the same command plans the same rest
+   instead of a fresh budget each time. Rows are topped up claim by claim, cheapest first (a
+   baseline shared by many claims is paid once), while the expected wall time stays within
+   what is left. A job's minutes are the measured wall time of the row's completed records
+   (``finished_at - started_at``, else ``train_time_s``), divided by the launcher's parallel
+   jobs (``joblib2``: 2). Claims that do not fit, or need more than ``max_seeds``, are listed.
+   The spent minutes are an estimate from the records: a stopped job's partial epochs and the
+   launcher's start-up are not in it.
 4. Run: one Hydra multirun per planned n (``python -m csp_ablate -m sweep=... seed=0,...,n-1
    variant=...``) into the sweep dir; completed grid points are skipped, so an interrupted
    plan is resumed by running the same command again. Other overrides (``tier=smoke``,
    ``hydra.sweep.dir=...``) are passed on to every multirun. Stop it like a sweep: Ctrl-C, or
    ``kill -TERM -- -<pgid>`` (the multiruns and their workers share the planner's process group).
 
-Options (``key=value``): ``budget_min`` (required to run: minutes of sweep wall time from now;
-a relaunch plans what is left against it afresh, so a plan run in several launches states its
-total wall time in its COMMAND.md), ``dry_run`` (print only), ``jobs``
+Options (``key=value``): ``budget_min`` (required to run: minutes of the sweep's whole wall
+time, what its completed records cost included), ``dry_run`` (print only), ``jobs``
 (parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30),
 ``min_seeds`` (5, from the pilot's 3 to ``max_seeds``: the floor of every row a statistical
 claim compares (top-1, AP, fps; not the exact BFLOPs counts), planned even when the power
@@ -77,7 +81,12 @@ class Plan:
     claims: pd.DataFrame  # claim, metric, paper, seeds_needed, status
     pilot_minutes: float
     minutes: float  # expected sweep wall time of the top-up
+    spent_min: float = 0.0  # wall time the sweep's completed (not reused) records already cost
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def left_min(self) -> float:
+        return self.budget_min - self.spent_min
 
     @property
     def pilot_done(self) -> bool:
@@ -154,9 +163,18 @@ def job_minutes(runs: pd.DataFrame) -> pd.Series:
     return wall.fillna(pd.to_numeric(runs["train_time_s"], errors="coerce")) / 60.0
 
 
+def spent_minutes(done: pd.DataFrame, parallel: int) -> float:
+    """Sweep wall time the completed records cost: job minutes over parallel jobs; copies are free."""
+    if done.empty:
+        return 0.0
+    trained = done[done["reused_from"].isna()] if "reused_from" in done else done
+    return float(job_minutes(trained).fillna(0.0).sum()) / parallel
+
+
 def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min: float,
               power: float = 0.8, max_seeds: int = 30, min_seeds: int = MIN_SEEDS) -> Plan:
-    """The pilot still missing and the top-up of the rows the claims need, within ``budget_min``."""
+    """The pilot still missing and the top-up of the rows the claims need, within what is left of
+    ``budget_min`` after the sweep's completed records."""
     from csp_ablate.report.tables import assign_rows, evidence_for, statistical_test
     from csp_ablate.report.verdicts import seeds_needed
 
@@ -170,6 +188,8 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     per_job = {rid: overall if math.isnan(m) else m for rid, m in per_job.items()}
     pilot = {rid: max(0, PILOT_SEEDS - n) for rid, n in n_now.items()}
     pilot_minutes = sum(k * per_job[r] for r, k in pilot.items()) / grid.parallel
+    spent = spent_minutes(done, grid.parallel)
+    left = budget_min - spent
     notes = [] if not any(pilot.values()) else [
         "pilot incomplete: the top-up below is provisional and is planned again once the pilot is done"]
     if math.isnan(overall):
@@ -202,9 +222,9 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     total = sum(k * per_job[r] for r, k in floor.items() if k) / grid.parallel if any(floor.values()) else 0.0
     for r in floor_rows:
         target[r] = max(target[r], min_seeds)
-    if total + pilot_minutes > budget_min:
+    if total + pilot_minutes > left:
         notes.append(f"the floor of {min_seeds} seeds per claim row alone needs ~{total + pilot_minutes:.0f} min "
-                     f"> budget {budget_min:.0f}: it is planned anyway")
+                     f"> {max(left, 0):.0f} min left of the budget: it is planned anyway")
     open_claims = [c for c in claims if c["status"] is None]
     while open_claims:  # greedy: the claim whose missing runs cost least, given what is planned
         def cost(c):
@@ -212,7 +232,7 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
         best = min(open_claims, key=cost)
         open_claims.remove(best)
         extra = cost(best)
-        if math.isnan(extra) or extra == 0 or total + pilot_minutes + extra <= budget_min:  # 0: the floor paid it
+        if math.isnan(extra) or extra == 0 or total + pilot_minutes + extra <= left:  # 0: the floor paid it
             for r in set(best["rows"]):
                 target[r] = max(target[r], int(best["seeds_needed"]))
             total += 0.0 if math.isnan(extra) else extra
@@ -225,7 +245,7 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
                           "min_per_job": per_job[r]} for r in grid.row_values])
     rows["minutes"] = rows["new_runs"] * rows["min_per_job"] / grid.parallel
     table = pd.DataFrame(claims).drop(columns="rows") if claims else pd.DataFrame()
-    return Plan(grid, budget_min, sd, pilot, rows, table, pilot_minutes, total, notes)
+    return Plan(grid, budget_min, sd, pilot, rows, table, pilot_minutes, total, spent_min=spent, notes=notes)
 
 
 def commands(plan: Plan, passthrough: list[str]) -> list[list[str]]:
@@ -247,7 +267,8 @@ def format_plan(plan: Plan, cmds: list[list[str]]) -> str:
     sd = "; ".join(f"{m} SD {s:.3f} (df {df})" for m, (s, df) in plan.sd.items()) or "no pooled SD yet"
     pilot_runs = sum(plan.pilot.values())
     lines = [f"Seed plan for sweep {plan.grid.name} ({plan.grid.sweep_dir}), {plan.grid.parallel} job(s) at once, "
-             f"budget {plan.budget_min:.0f} min (from now). Planned from the pilot's pooled seed variance only ({sd}), "
+             f"budget {plan.budget_min:.0f} min of sweep wall time, ~{plan.spent_min:.0f} spent by its completed "
+             f"records, ~{max(plan.left_min, 0):.0f} left. Planned from the pilot's pooled seed variance only ({sd}), "
              "80 % power, α = 0.05 (csp_ablate/plan.py says why not from its effect).",
              f"Pilot (n = {PILOT_SEEDS} per row): " + ("complete." if not pilot_runs else
                                                         f"{pilot_runs} run(s) missing, ~{plan.pilot_minutes:.0f} min."),
@@ -257,7 +278,8 @@ def format_plan(plan: Plan, cmds: list[list[str]]) -> str:
     lines += [plan.rows.to_markdown(index=False, floatfmt=".1f"), ""]
     new = int(plan.rows["new_runs"].sum())
     lines.append(f"Expected: {pilot_runs + new} new run(s), ~{plan.pilot_minutes + plan.minutes:.0f} min of sweep wall "
-                 f"time (pilot {plan.pilot_minutes:.0f} + top-up {plan.minutes:.0f}; budget {plan.budget_min:.0f}).")
+                 f"time (pilot {plan.pilot_minutes:.0f} + top-up {plan.minutes:.0f}; {max(plan.left_min, 0):.0f} left of budget "
+                 f"{plan.budget_min:.0f}).")
     lines += ["Commands (resumable: completed grid points are skipped):", *("  python " + " ".join(c[1:]) for c in cmds)]
     return "\n".join(lines)
 
@@ -318,16 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     if dry:
         return 0
     if not plan.pilot_done:
-        if plan.pilot_minutes > plan.budget_min:
-            print(f"csp_ablate.plan: the pilot alone needs ~{plan.pilot_minutes:.0f} min > budget", file=sys.stderr)
+        if plan.pilot_minutes > plan.left_min:
+            print(f"csp_ablate.plan: the pilot alone needs ~{plan.pilot_minutes:.0f} min > "
+                  f"{max(plan.left_min, 0):.0f} min left of the budget", file=sys.stderr)
             return 2
-        started = pd.Timestamp.now()
         rc = subprocess.run(cmds[0], check=False).returncode
         if rc:
             return rc
-        spent = (pd.Timestamp.now() - started).total_seconds() / 60
-        options = {**options, "budget_min": str(max(0.0, plan.budget_min - spent))}
-        plan, cmds = build(options, passthrough)  # planned again from the pilot's variance
+        plan, cmds = build(options, passthrough)  # planned again from the pilot's variance and spent minutes
         print("\nAfter the pilot:\n" + format_plan(plan, cmds), flush=True)  # a partly failed pilot: retried once
     for cmd in cmds:
         rc = subprocess.run(cmd, check=False).returncode

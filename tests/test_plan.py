@@ -55,13 +55,19 @@ def test_every_grid_value_maps_to_one_row_of_the_spec(name, key, rows):
         assert grid.row_values["efm"] == "t2_efm" and grid.row_values["efm_sam_swish"] == "t2_efm_sam_swish"
 
 
+def spent(sweep) -> float:
+    """Minutes of sweep wall time the records in ``sweep`` already cost (the budget counts them)."""
+    return plan.build({"sweep": "table1"}, [f"hydra.sweep.dir={sweep}"])[0].spent_min
+
+
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, no_subprocess):
     sweep = copy_records(tmp_path / "table1")
-    rc = plan.main(["-m", "sweep=table1", "seeds=auto", "budget_min=60", "dry_run=true", f"hydra.sweep.dir={sweep}"])
+    budget = f"{spent(sweep) + 60:.1f}"  # 60 min left after the pilot's records
+    rc = plan.main(["-m", "sweep=table1", "seeds=auto", f"budget_min={budget}", "dry_run=true", f"hydra.sweep.dir={sweep}"])
     out = capsys.readouterr().out
     assert rc == 0 and no_subprocess == []
     assert "Pilot (n = 3 per row): complete." in out and "pooled seed variance only (top1 SD 0.395 (df 26))" in out
-    p, cmds = plan.build({"sweep": "table1", "budget_min": "60"}, [f"hydra.sweep.dir={sweep}"])
+    p, cmds = plan.build({"sweep": "table1", "budget_min": budget}, [f"hydra.sweep.dir={sweep}"])
     # planned from the variance: the same seeds_needed as claims.csv, whatever the observed effects
     claims = claims_table(runs_frame(sweep), load_spec("table1")).set_index("claim")
     planned = p.claims.set_index("claim")
@@ -74,7 +80,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, no_subproc
     assert rows.loc["peleenet", "n_planned"] >= 5 and rows.loc["csp_g75_first", "new_runs"] == 0  # no claim needs it
     expected = (rows["new_runs"] * rows["min_per_job"]).sum() / 2
     assert p.minutes == pytest.approx(expected)
-    assert f"Expected: {int(rows['new_runs'].sum())} new run(s)" in out and "budget 60" in out
+    assert f"Expected: {int(rows['new_runs'].sum())} new run(s)" in out and "~60 left" in out
     assert f"seed=0,1,2,3,4 variant=" in out and f"hydra.sweep.dir={sweep}" in out
 
 
@@ -87,7 +93,7 @@ def test_every_row_a_top1_claim_compares_gets_the_floor(tmp_path):
     claim_rows = {r for c in load_spec("table1").claims if c.metric == "top1" for r in (c.row, c.vs)}
     assert len(claim_rows) == 10 and (rows.loc[sorted(claim_rows), "n_planned"] >= 5).all()
     assert (rows.drop(index=sorted(claim_rows))["n_planned"] == 3).all()
-    assert any("floor of 5 seeds" in note for note in p.notes)
+    assert any("floor of 5 seeds" in note and "left of the budget" in note for note in p.notes)
     # a claim the floor already pays is planned, not "over budget (+0 min)"
     claims = p.claims.set_index("claim")
     floor_paid = claims[claims["seeds_needed"] <= 5]
@@ -101,8 +107,9 @@ def test_every_row_a_top1_claim_compares_gets_the_floor(tmp_path):
 
 def test_run_launches_the_planned_multiruns(tmp_path, no_subprocess):
     sweep = copy_records(tmp_path / "table1")
-    p, cmds = plan.build({"sweep": "table1", "budget_min": "40"}, [f"hydra.sweep.dir={sweep}"])
-    assert plan.main(["sweep=table1", "seeds=auto", "budget_min=40", f"hydra.sweep.dir={sweep}"]) == 0
+    budget = f"{spent(sweep) + 40:.1f}"
+    p, cmds = plan.build({"sweep": "table1", "budget_min": budget}, [f"hydra.sweep.dir={sweep}"])
+    assert plan.main(["sweep=table1", "seeds=auto", f"budget_min={budget}", f"hydra.sweep.dir={sweep}"]) == 0
     assert no_subprocess == cmds and cmds  # nothing else ran
     for cmd in cmds:
         assert cmd[:5] == [sys.executable, "-m", "csp_ablate", "-m", "sweep=table1"]
@@ -125,6 +132,25 @@ def test_an_incomplete_pilot_runs_first_then_the_plan_is_made_again(tmp_path, no
     assert first[5] == "seed=0,1,2" and "peleenet" not in pilot_rows and "peleenet_swish" not in pilot_rows
     assert len(pilot_rows) == 11  # every row that has fewer than 3 seeds
     assert "After the pilot:" in capsys.readouterr().out  # planned again (here: the pilot records did not appear)
+
+
+def test_the_budget_is_the_sweeps_whole_wall_time(tmp_path):
+    """``budget_min`` counts what the sweep's completed records cost (a relaunch does not get a
+    fresh budget); a copy reused from a sibling sweep costs nothing."""
+    sweep = copy_records(tmp_path / "table1")
+    runs = runs_frame(sweep)
+    assert spent(sweep) == pytest.approx(plan.job_minutes(runs).sum() / 2) and spent(sweep) > 30
+    roomy, _ = plan.build({"sweep": "table1", "budget_min": f"{spent(sweep) + 200:.1f}"}, [f"hydra.sweep.dir={sweep}"])
+    used_up, _ = plan.build({"sweep": "table1", "budget_min": f"{spent(sweep):.1f}"}, [f"hydra.sweep.dir={sweep}"])
+    floor_only, _ = plan.build({"sweep": "table1", "budget_min": "0"}, [f"hydra.sweep.dir={sweep}"])
+    assert used_up.left_min == pytest.approx(0, abs=0.1)
+    assert used_up.rows["new_runs"].sum() == floor_only.rows["new_runs"].sum() < roomy.rows["new_runs"].sum()
+    for path in list(sweep.glob("*/record.json"))[:10]:  # ten of them copied from a sibling sweep
+        rec = json.loads(path.read_text())
+        path.write_text(json.dumps({**rec, "reused_from": f"../figure4/0/record.json"}))
+    trained = runs_frame(sweep)
+    assert spent(sweep) == pytest.approx(plan.job_minutes(trained[trained["reused_from"].isna()]).sum() / 2)
+    assert spent(sweep) < plan.job_minutes(runs).sum() / 2
 
 
 def test_errors_are_one_line(tmp_path, capsys):

@@ -301,3 +301,17 @@ def test_resume_finds_completed_records_and_never_overwrites_a_foreign_one(tmp_p
     assert build_report(tmp_path).runs["status"].tolist() == ["completed", "failed"]
     # the same grid point, or a failed record, stays where it is
     assert displace_foreign_record(tmp_path / "1", "bbb", 0) is None
+
+
+def test_wandb_tables_take_records_whose_launches_differ_in_type():
+    """A resumed run's ``launches`` holds ``resumed_from_step`` None then a number; wandb types a
+    column from its first row, so the report run of Table 1's rerun failed on it. Nested cells
+    go to W&B as JSON text, as in runs.csv."""
+    from csp_ablate.report.wandb_report import _table
+
+    first = {"git_sha": "a" * 40, "resumed_from_step": None, "threads": 1}
+    runs = pd.DataFrame({"run_id": ["x-s0", "x-s1"], "top1": [89.1, None],
+                         "launches": [[first], [first, {**first, "resumed_from_step": 461}]]})
+    table = _table(runs)
+    assert table.get_column("launches")[1] == json.dumps([first, {**first, "resumed_from_step": 461}])
+    assert table.get_column("top1") == [89.1, None] and table.get_column("run_id") == ["x-s0", "x-s1"]

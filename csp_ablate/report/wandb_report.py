@@ -3,6 +3,7 @@ and every report file as an artifact, in the sweep's group (offline unless an AP
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,9 +15,16 @@ log = logging.getLogger("csp_ablate.report")
 
 
 def _table(frame: pd.DataFrame):
+    """``frame`` as a ``wandb.Table``. Nested cells (a record's ``launches``: a list of dicts
+    whose ``resumed_from_step`` is None in one launch and a number in the next) are written as
+    JSON text, as in runs.csv: wandb types each column from its first row and rejects the rest."""
     import wandb
 
     clean = frame.astype(object).where(frame.notna(), None)
+    for col in clean.columns:
+        nested = clean[col].map(lambda v: isinstance(v, (list, dict, tuple)))
+        if nested.any():
+            clean[col] = [json.dumps(v, default=str) if n else v for v, n in zip(clean[col], nested)]
     return wandb.Table(dataframe=clean)
 
 

@@ -4,6 +4,8 @@ committed tables' numbers (a reviewer compares the two)."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -14,33 +16,52 @@ PROXY = REPO / "results" / "proxy"
 SEED_FLOORS = {"table1": ("top1", 5), "figure4": ("top1", 5)}
 
 
-def claims(name: str) -> pd.DataFrame:
-    path = PROXY / name / "claims.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} is not committed")
+def committed(name: str, file: str) -> pd.DataFrame:
+    path = PROXY / name / file
+    assert path.is_file(), f"{path.relative_to(REPO)} is not committed (python -m csp_ablate.report {path.parent})"
     return pd.read_csv(path)
+
+
+def readme_section(name: str) -> str:
+    """README's results paragraph of one sweep: from its '**...** — `python -m csp_ablate -m
+    sweep=<name>` line to the next sweep's or the next heading."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = re.search(rf"\*\*[^*\n]+\*\* — `python -m csp_ablate -m sweep={name}\b", text)
+    assert start, f"README has no results paragraph for sweep {name}"
+    rest = text[start.end():]
+    end = re.search(r"\*\*[^*\n]+\*\* — `python -m csp_ablate -m sweep=|\n## ", rest)
+    return rest[:end.start() if end else len(rest)]
+
+
+def points(value: float) -> str:
+    """A difference as README prints it: signed, two decimals, a typographic minus."""
+    return f"{value:+.2f}".replace("-", "−")
 
 
 @pytest.mark.parametrize("name", sorted(SEED_FLOORS))
 def test_statistical_claims_rest_on_enough_seeds_with_power_columns(name):
     metric, floor = SEED_FLOORS[name]
-    table = claims(name)
+    table = committed(name, "claims.csv")
     stat = table[table["metric"] == metric]
     assert not stat.empty
     thin = stat[(stat["n"] < floor) | (stat["n_vs"] < floor)]
     assert thin.empty, f"{name}: claims on fewer than {floor} seeds per row:\n{thin[['claim', 'n', 'n_vs']]}"
     assert stat["mde80"].notna().all() and (stat["mde80"] > 0).all()  # what n resolves
-    assert "seeds_needed" in stat  # NaN only where the effect is out of reach
     assert stat["verdict"].isin(["reproduced", "contradicted", "inconclusive"]).all()
+    assert stat["verdict_holm"].isin(["reproduced", "contradicted", "inconclusive"]).all()
 
 
 @pytest.mark.parametrize("name", sorted(SEED_FLOORS))
-def test_readme_quotes_every_rows_mean_and_interval_from_the_committed_table(name):
-    path = PROXY / name / f"{name}.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} is not committed")
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    table = pd.read_csv(path)
-    missing = [f"{row.label}: {row.top1_mean:.2f} ± {row.top1_ci95:.2f}" for row in table.itertuples()
-               if f"{row.top1_mean:.2f} ± {row.top1_ci95:.2f}" not in readme]
-    assert not missing, f"README does not quote these rows of {path.relative_to(REPO)}: {missing}"
+def test_readme_quotes_every_rows_numbers_from_the_committed_table(name):
+    """Each row's 'mean ± interval (n)' and its difference to the baseline appear in the sweep's
+    own README paragraph."""
+    section = readme_section(name)
+    table = committed(name, f"{name}.csv")
+    missing = []
+    for row in table.itertuples():
+        quoted = f"{row.top1_mean:.2f} ± {row.top1_ci95:.2f} ({row.n})"
+        if quoted not in section:
+            missing.append(f"{row.label}: {quoted}")
+        if row.note != "baseline" and points(row.top1_delta) not in section:
+            missing.append(f"{row.label}: Δ {points(row.top1_delta)}")
+    assert not missing, f"README's {name} paragraph does not quote these rows of its table: {missing}"

@@ -14,9 +14,9 @@
    significant") inflates the error rates, while the variance estimate is independent of the
    difference of means, so planning on it keeps the tests' α (an internal pilot, Wittes &
    Brittain 1990). The pilot's runs are part of the final analysis.
-3. Budget: ``budget_min`` is the sweep's whole wall time, pilot included. What its completed
-   records already cost is spent (their job minutes over the parallel jobs; a copy reused from
-   a sibling sweep costs nothing), so a relaunch of the same command plans the same rest
+3. Budget: ``budget_min`` is the sweep's whole wall time, pilot included. What its records
+   already cost is spent (their job minutes over the parallel jobs; a copy reused from a
+   sibling sweep costs nothing), so a relaunch of the same command plans the same rest
    instead of a fresh budget each time. Rows are topped up claim by claim, cheapest first (a
    baseline shared by many claims is paid once), while the expected wall time stays within
    what is left. A job's minutes are the measured wall time of the row's completed records
@@ -33,7 +33,7 @@
    ``kill -TERM -- -<pgid>`` (the multiruns and their workers share the planner's process group).
 
 Options (``key=value``): ``budget_min`` (required to run: minutes of the sweep's whole wall
-time, what its completed records cost included), ``dry_run`` (print only), ``jobs``
+time, what its records already cost included), ``dry_run`` (print only), ``jobs``
 (parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30),
 ``min_seeds`` (5, from the pilot's 3 to ``max_seeds``: the floor of every row a statistical
 claim compares (top-1, AP, fps; not the exact BFLOPs counts), planned even when the power
@@ -83,7 +83,7 @@ class Plan:
     claims: pd.DataFrame  # claim, metric, paper, seeds_needed, status
     pilot_minutes: float
     minutes: float  # expected sweep wall time of the top-up
-    spent_min: float = 0.0  # wall time the sweep's completed (not reused) records already cost
+    spent_min: float = 0.0  # wall time the sweep's records (completed, failed; not copies) already cost
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -180,7 +180,7 @@ def spent_minutes(runs: pd.DataFrame, parallel: int) -> float:
 def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min: float,
               power: float = 0.8, max_seeds: int = 30, min_seeds: int = MIN_SEEDS) -> Plan:
     """The pilot still missing and the top-up of the rows the claims need, within what is left of
-    ``budget_min`` after the sweep's completed records."""
+    ``budget_min`` after what the sweep's records cost."""
     from csp_ablate.report.tables import assign_rows, evidence_for, statistical_test
     from csp_ablate.report.verdicts import seeds_needed
 

@@ -170,6 +170,24 @@ def test_report_cli_imports_no_torch_and_reports_missing_dir(table1_dir, tmp_pat
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_made_by_command_names_no_absolute_output_dir(tmp_path, monkeypatch):
+    from csp_ablate.report.records import sweep_command
+
+    inside = tmp_path / "repo" / "results" / "t2"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    multirun = {"hydra": {"overrides": {
+        "task": ["sweep=table2", "seed=0,1", "data.root=/usr/share/datasets/fashion-mnist"],
+        "hydra": ["hydra.mode=MULTIRUN", "hydra.sweep.dir=/elsewhere/scratch/table2"]}}}
+    (inside / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    # a scratch dir outside the working dir is dropped; a data path is part of the experiment and stays
+    assert sweep_command(inside) == (
+        "python -m csp_ablate -m sweep=table2 seed=0,1 data.root=/usr/share/datasets/fashion-mnist")
+    multirun["hydra"]["overrides"]["hydra"][1] = f"hydra.sweep.dir={inside}"
+    (inside / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    assert sweep_command(inside).endswith("hydra.sweep.dir=results/t2")  # inside: made relative
+
+
 # ---- atomic writes ----------------------------------------------------------------------
 def test_atomic_csv_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = write_csv_atomic(tmp_path / "runs.csv", pd.DataFrame({"a": [1, 2]}))

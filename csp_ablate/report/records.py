@@ -141,8 +141,29 @@ def sweep_name(runs: pd.DataFrame) -> str | None:
     return str(counts.index[0])
 
 
+_OUTPUT_DIR_KEYS = ("hydra.sweep.dir", "hydra.run.dir")
+
+
+def _portable_override(override: str) -> str | None:
+    """``override`` as a reader's clone can run it: an absolute output dir is made relative
+    to the working directory, or dropped when it lies outside it.
+
+    Why: the report is committed with its records, and a maintainer's scratch path
+    (``hydra.sweep.dir=/work/sweeps/...``) names a machine, not the experiment; without it
+    the command writes to the sweep's default dir, which is what a reader wants.
+    """
+    key, sep, value = override.partition("=")
+    if not sep or key not in _OUTPUT_DIR_KEYS or not Path(value).is_absolute():
+        return override
+    try:
+        return f"{key}={Path(value).resolve().relative_to(Path.cwd().resolve())}"
+    except ValueError:
+        return None
+
+
 def sweep_command(sweep_dir: Path) -> str | None:
-    """The command of the sweep's last launch, from Hydra's ``multirun.yaml`` (if present)."""
+    """The command of the sweep's last launch, from Hydra's ``multirun.yaml`` (if present),
+    with no absolute output dir (see :func:`_portable_override`)."""
     import shlex
 
     import yaml
@@ -153,4 +174,5 @@ def sweep_command(sweep_dir: Path) -> str | None:
         overrides = [*given.get("task", []), *(o for o in given.get("hydra", []) if not str(o).startswith("hydra.mode="))]
     except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return None
-    return "python -m csp_ablate -m " + " ".join(shlex.quote(str(o)) for o in overrides)
+    portable = (_portable_override(str(o)) for o in overrides)
+    return "python -m csp_ablate -m " + " ".join(shlex.quote(o) for o in portable if o is not None)

@@ -148,6 +148,60 @@ def test_sigterm_then_relaunch_resumes_to_the_same_final_step(tmp_path, data_ove
         assert lr == pytest.approx(_poly_lr(int(step), 24), rel=1e-5, abs=1e-9), (step, lr)
 
 
+def _stopped_job(marker: Path) -> None:
+    """What a stopped sweep job does last: write, ask whether to exit, write again if not."""
+    from csp_ablate.checkpoint import exit_if_launcher_gone
+
+    marker.write_text(f"{os.getpid()} before\n")
+    exit_if_launcher_gone(143)
+    with marker.open("a") as f:
+        f.write("returned\n")
+
+
+def _launcher(marker: Path, die: bool) -> None:
+    """A stand-in for the joblib launcher: start one worker process, then die (SIGTERM's
+    default action: no cleanup, no join) or wait for it."""
+    import multiprocessing
+
+    worker = multiprocessing.get_context("fork").Process(target=_orphan_then_stop if die else _stopped_job,
+                                                         args=(marker,))
+    worker.start()
+    if die:
+        os._exit(0)
+    worker.join(30)
+
+
+def _orphan_then_stop(marker: Path) -> None:
+    parent = os.getppid()
+    deadline = time.monotonic() + 30
+    while os.getppid() == parent and time.monotonic() < deadline:  # until the launcher is gone
+        time.sleep(0.01)
+    _stopped_job(marker)
+
+
+@pytest.mark.parametrize("launcher_dies", [True, False], ids=["launcher-gone", "launcher-alive"])
+def test_a_stopped_sweep_worker_exits_when_its_launcher_is_gone(tmp_path, launcher_dies):
+    """`kill -TERM -- -<pgid>` of a joblib sweep: the workers must not idle on after saving."""
+    import multiprocessing
+
+    from csp_ablate.checkpoint import exit_if_launcher_gone
+
+    exit_if_launcher_gone(143)  # no parent process (a plain run, pytest): returns
+    marker = tmp_path / "marker"
+    launcher = multiprocessing.get_context("fork").Process(target=_launcher, args=(marker, launcher_dies))
+    launcher.start()
+    launcher.join(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the worker has run when the marker names it and it is gone
+        text = marker.read_text() if marker.exists() else ""
+        if text and not Path(f"/proc/{text.split()[0]}").exists():
+            break
+        time.sleep(0.05)
+    lines = marker.read_text().splitlines()
+    assert lines[0].endswith("before")
+    assert lines[1:] == ([] if launcher_dies else ["returned"])
+
+
 def test_corrupt_checkpoint_fails_clearly_and_restart_is_opt_in(tmp_path, data_override):
     other = tmp_path / "other"
     other.mkdir()

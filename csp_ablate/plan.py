@@ -79,7 +79,7 @@ class Plan:
     budget_min: float
     sd: dict[str, tuple[float, int]]  # metric -> pooled SD, df
     pilot: dict[str, int]  # row -> runs missing to n = 3
-    rows: pd.DataFrame  # row, n_now, n_planned, new_runs, min_per_job, minutes
+    rows: pd.DataFrame  # row, n_now, n_planned, pilot_runs, new_runs (top-up), min_per_job, minutes (both)
     claims: pd.DataFrame  # claim, metric, paper, seeds_needed, status
     pilot_minutes: float
     minutes: float  # expected sweep wall time of the top-up
@@ -246,10 +246,13 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
             best["status"] = "planned" if extra > 0 or math.isnan(extra) or floored else "enough seeds already"
         else:
             best["status"] = f"over budget (+{extra:.0f} min)"
+    # pilot_runs (to n = 3) and new_runs (the top-up beyond it) apart: while the pilot runs, a
+    # table of zeros in new_runs read as "nothing to do" next to "20 run(s) missing"
     rows = pd.DataFrame([{"row": r, "n_now": n_now[r], "n_planned": max(target[r], PILOT_SEEDS),
+                          "pilot_runs": pilot[r],
                           "new_runs": max(target[r], PILOT_SEEDS) - max(n_now[r], PILOT_SEEDS),
                           "min_per_job": per_job[r]} for r in grid.row_values])
-    rows["minutes"] = rows["new_runs"] * rows["min_per_job"] / grid.parallel
+    rows["minutes"] = (rows["pilot_runs"] + rows["new_runs"]) * rows["min_per_job"] / grid.parallel
     table = pd.DataFrame(claims).drop(columns="rows") if claims else pd.DataFrame()
     return Plan(grid, budget_min, sd, pilot, rows, table, pilot_minutes, total, spent_min=spent, notes=notes)
 

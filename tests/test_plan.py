@@ -126,6 +126,9 @@ def test_an_incomplete_pilot_runs_first_then_the_plan_is_made_again(tmp_path, no
     p, _ = plan.build({"sweep": "table1", "budget_min": "1"}, [f"hydra.sweep.dir={sweep}"])
     assert not p.pilot_done and p.pilot["peleenet"] == 0 and p.pilot["speleenet"] == 1
     assert p.pilot_minutes > p.left_min and "provisional" in " ".join(p.notes)
+    rows = p.rows.set_index("row")  # the rows table shows the pilot's runs, not only the top-up's
+    assert rows["pilot_runs"].sum() == sum(p.pilot.values()) == 11 and rows.loc["speleenet", "pilot_runs"] == 1
+    assert rows["minutes"].sum() == pytest.approx(p.pilot_minutes + p.minutes)
     # run whatever the budget (like the floor): a relaunch of an interrupted pilot finishes it
     assert plan.main(["sweep=table1", "seeds=auto", "budget_min=1", f"hydra.sweep.dir={sweep}"]) == 0
     first = no_subprocess[0]

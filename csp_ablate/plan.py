@@ -22,6 +22,9 @@
    what is left. A job's minutes are the measured wall time of the row's completed records
    (``finished_at - started_at``, else ``train_time_s``), divided by the launcher's parallel
    jobs (``joblib2``: 2). Claims that do not fit, or need more than ``max_seeds``, are listed.
+   A run that a sibling sweep of the tier completed (same ``config_hash`` and seed, hashed here
+   as the job will hash it) is copied by the job (:mod:`csp_ablate.sweep`), so it is planned at
+   no cost, and its measured minutes price the row's runs that do train (Figure 4 after Table 1).
    The spent minutes are an estimate from the records (completed and failed; divided by this
    launch's parallel jobs): a stopped job's lost partial epoch and the launchers' start-up are
    not in it (Table 1's rerun: 278 min from its records, 286 min of launches). The pilot and
@@ -79,7 +82,7 @@ class Plan:
     budget_min: float
     sd: dict[str, tuple[float, int]]  # metric -> pooled SD, df
     pilot: dict[str, int]  # row -> runs missing to n = 3
-    rows: pd.DataFrame  # row, n_now, n_planned, pilot_runs, new_runs (top-up), min_per_job, minutes (both)
+    rows: pd.DataFrame  # row, n_now, n_planned, pilot_runs, new_runs (top-up), copies, min_per_job, minutes
     claims: pd.DataFrame  # claim, metric, paper, seeds_needed, status
     pilot_minutes: float
     minutes: float  # expected sweep wall time of the top-up
@@ -157,6 +160,69 @@ def _parallel(raw: dict, given: dict[str, str]) -> int:
     return 1
 
 
+# ---- copies from sibling sweeps of the tier ----------------------------------------------
+@dataclass
+class Copies:
+    """What the tier's other sweeps already completed of this sweep's grid (csp_ablate.sweep
+    copies it instead of training): per row, its seeds and its jobs' mean measured minutes."""
+    seeds: dict[str, set[int]] = field(default_factory=dict)
+    minutes: dict[str, float] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def row_hashes(grid: SweepGrid, passthrough: list[str]) -> dict[str, str]:
+    """Each row's ``config_hash`` as its multirun jobs compute it (:mod:`csp_ablate.identity`):
+    the config composed in-process, ``threads`` resolved for the sweep's parallel jobs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from csp_ablate.identity import config_hash
+    from csp_ablate.threads import resolve_threads
+
+    given = [o for o in passthrough if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    hashes = {}
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for row, value in grid.row_values.items():
+                cfg = compose(config_name="config", overrides=[f"sweep={grid.name}", f"{grid.row_key}={value}", *given])
+                with open_dict(cfg):
+                    cfg.threads = resolve_threads(cfg, jobs=grid.parallel)
+                hashes[row] = config_hash(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    return hashes
+
+
+def sibling_copies(grid: SweepGrid, passthrough: list[str]) -> Copies:
+    """The seeds of each row that another sweep dir of the tier has completed (same config
+    hash), which this sweep's jobs will copy rather than train (:func:`csp_ablate.sweep.find_in_tier`)."""
+    from csp_ablate.sweep import all_completed, tier_siblings
+
+    given = dict(o.split("=", 1) for o in passthrough if "=" in o)
+    siblings = tier_siblings(grid.sweep_dir, given.get("tier", "proxy"))
+    if not siblings:
+        return Copies()
+    try:
+        hashes = row_hashes(grid, passthrough)
+    except Exception as err:  # an override the planner cannot compose: price every run (safe side)
+        return Copies(notes=[f"copies from sibling sweeps not priced ({type(err).__name__}: {err}): "
+                             "every missing run counted at full cost"])
+    row_of = {h: r for r, h in hashes.items()}
+    hits = [{"row": row_of[rec["config_hash"]], "seed": rec["seed"], "sweep": other.name,
+             **{k: rec.get(k) for k in ("finished_at", "started_at", "train_time_s")}}
+            for other in siblings for _, rec in all_completed(other)
+            if rec.get("config_hash") in row_of and isinstance(rec.get("seed"), int)]
+    if not hits:
+        return Copies()
+    frame = pd.DataFrame(hits).assign(minutes=lambda f: job_minutes(f))
+    return Copies(seeds=frame.groupby("row")["seed"].apply(set).to_dict(),
+                  minutes=frame.groupby("row")["minutes"].mean().dropna().to_dict(),
+                  sources=list(dict.fromkeys(frame["sweep"])))
+
+
 # ---- the plan -----------------------------------------------------------------------------
 def job_minutes(runs: pd.DataFrame) -> pd.Series:
     """Measured minutes per completed job: wall time of the record, else its training time."""
@@ -178,22 +244,33 @@ def spent_minutes(runs: pd.DataFrame, parallel: int) -> float:
 
 
 def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min: float,
-              power: float = 0.8, max_seeds: int = 30, min_seeds: int = MIN_SEEDS) -> Plan:
+              power: float = 0.8, max_seeds: int = 30, min_seeds: int = MIN_SEEDS,
+              copies: Copies | None = None) -> Plan:
     """The pilot still missing and the top-up of the rows the claims need, within what is left of
-    ``budget_min`` after what the sweep's records cost."""
+    ``budget_min`` after what the sweep's records cost. ``copies``: the seeds of each row that
+    a sibling sweep of the tier has completed (:func:`sibling_copies`): a job copies them, so
+    they cost nothing, and their measured minutes price a row this sweep has not run yet."""
     from csp_ablate.report.tables import assign_rows, evidence_for, statistical_test
     from csp_ablate.report.verdicts import seeds_needed
 
+    copies = copies or Copies()
     frame = runs.assign(row=assign_rows(runs, spec)) if not runs.empty else runs.assign(row=pd.Series(dtype="string"))
     done = frame[frame["status"] == "completed"] if not frame.empty else frame
     n_now = {rid: int((done["row"] == rid).sum()) for rid in grid.row_values}
     minutes = job_minutes(done) if not done.empty else pd.Series(dtype=float)
-    overall = float(minutes.mean()) if minutes.notna().any() else math.nan
-    per_job = {rid: float(minutes[done["row"] == rid].mean()) if (done["row"] == rid).any() else overall
+    known = [m for m in (*minutes.dropna(), *copies.minutes.values()) if not math.isnan(m)]
+    overall = sum(known) / len(known) if known else math.nan
+    per_job = {rid: float(minutes[done["row"] == rid].mean()) if (done["row"] == rid).any() else math.nan
                for rid in grid.row_values}
-    per_job = {rid: overall if math.isnan(m) else m for rid, m in per_job.items()}
+    per_job = {rid: copies.minutes.get(rid, overall) if math.isnan(m) else m for rid, m in per_job.items()}
+
+    def runs_cost(row: str, lo: int, hi: int) -> float:
+        """Sweep minutes of seeds lo..hi-1 of ``row`` (a seed a sibling sweep completed is copied: free)."""
+        trained = sum(1 for s in range(lo, hi) if s not in copies.seeds.get(row, ()))
+        return trained * per_job[row] / grid.parallel if trained else 0.0
+
     pilot = {rid: max(0, PILOT_SEEDS - n) for rid, n in n_now.items()}
-    pilot_minutes = sum(k * per_job[r] for r, k in pilot.items()) / grid.parallel
+    pilot_minutes = sum(runs_cost(r, n_now[r], PILOT_SEEDS) for r in grid.row_values)
     spent = spent_minutes(frame, grid.parallel)
     left = budget_min - spent
     notes = [] if not any(pilot.values()) else [
@@ -225,7 +302,7 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     # when the power analysis asks for fewer; it is paid before any power-driven top-up
     floor_rows = {r for c in claims if c["rows"] for r in c["rows"]}
     floor = {r: max(0, min_seeds - max(n_now[r], PILOT_SEEDS)) for r in floor_rows}
-    total = sum(k * per_job[r] for r, k in floor.items() if k) / grid.parallel if any(floor.values()) else 0.0
+    total = sum(runs_cost(r, max(n_now[r], PILOT_SEEDS), min_seeds) for r in floor_rows)
     for r in floor_rows:
         target[r] = max(target[r], min_seeds)
     if total + pilot_minutes > left:
@@ -234,25 +311,33 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     open_claims = [c for c in claims if c["status"] is None]
     while open_claims:  # greedy: the claim whose missing runs cost least, given what is planned
         def cost(c):
-            return sum(max(0, int(c["seeds_needed"]) - target[r]) * per_job[r] for r in set(c["rows"])) / grid.parallel
+            return sum(runs_cost(r, max(target[r], PILOT_SEEDS), int(c["seeds_needed"])) for r in set(c["rows"]))
         best = min(open_claims, key=cost)
         open_claims.remove(best)
         extra = cost(best)
-        if math.isnan(extra) or extra == 0 or total + pilot_minutes + extra <= left:  # 0: the floor paid it
+        if math.isnan(extra) or extra == 0 or total + pilot_minutes + extra <= left:  # 0: planned or copies
+            more = any(int(best["seeds_needed"]) > target[r] for r in best["rows"])
             for r in set(best["rows"]):
                 target[r] = max(target[r], int(best["seeds_needed"]))
             total += 0.0 if math.isnan(extra) else extra
             floored = any(floor.get(r, 0) for r in best["rows"])
-            best["status"] = "planned" if extra > 0 or math.isnan(extra) or floored else "enough seeds already"
+            best["status"] = "planned" if more or floored else "enough seeds already"
         else:
             best["status"] = f"over budget (+{extra:.0f} min)"
     # pilot_runs (to n = 3) and new_runs (the top-up beyond it) apart: while the pilot runs, a
     # table of zeros in new_runs read as "nothing to do" next to "20 run(s) missing"
-    rows = pd.DataFrame([{"row": r, "n_now": n_now[r], "n_planned": max(target[r], PILOT_SEEDS),
+    planned = {r: max(target[r], PILOT_SEEDS) for r in grid.row_values}
+    rows = pd.DataFrame([{"row": r, "n_now": n_now[r], "n_planned": planned[r],
                           "pilot_runs": pilot[r],
-                          "new_runs": max(target[r], PILOT_SEEDS) - max(n_now[r], PILOT_SEEDS),
-                          "min_per_job": per_job[r]} for r in grid.row_values])
-    rows["minutes"] = (rows["pilot_runs"] + rows["new_runs"]) * rows["min_per_job"] / grid.parallel
+                          "new_runs": planned[r] - max(n_now[r], PILOT_SEEDS),
+                          "copies": sum(1 for s in range(n_now[r], planned[r]) if s in copies.seeds.get(r, ())),
+                          "min_per_job": per_job[r],
+                          "minutes": runs_cost(r, n_now[r], PILOT_SEEDS) + runs_cost(r, max(n_now[r], PILOT_SEEDS), planned[r])}
+                         for r in grid.row_values])
+    if rows["copies"].any():
+        notes.append(f"{int(rows['copies'].sum())} of the planned run(s) are copies of records a sibling sweep of the "
+                     f"tier completed ({', '.join(copies.sources)}): free, counted in no minutes")
+    notes.extend(copies.notes)
     table = pd.DataFrame(claims).drop(columns="rows") if claims else pd.DataFrame()
     return Plan(grid, budget_min, sd, pilot, rows, table, pilot_minutes, total, spent_min=spent, notes=notes)
 
@@ -325,7 +410,7 @@ def build(options: dict[str, str], passthrough: list[str]) -> tuple[Plan, list[l
         raise ValueError(f"min_seeds={min_seeds} with max_seeds={max_seeds}: the floor must lie between the "
                          f"pilot's {PILOT_SEEDS} seeds and max_seeds (min_seeds defaults to {MIN_SEEDS})")
     plan = make_plan(runs, load_spec(name), grid, float(options.get("budget_min", "inf")),
-                     float(options.get("power", 0.8)), max_seeds, min_seeds)
+                     float(options.get("power", 0.8)), max_seeds, min_seeds, sibling_copies(grid, passthrough))
     return plan, commands(plan, passthrough)
 
 

@@ -50,8 +50,8 @@ def pop_job_control(cfg: DictConfig) -> dict[str, Any]:
         return {key: cfg.pop(key, None) for key in JOB_CONTROL_KEYS}
 
 
-def completed_records(sweep_dir: Path, chash: str, seed: int) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every ``completed`` record of this grid point in the job dirs of ``sweep_dir``, parsed once."""
+def all_completed(sweep_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every ``completed`` record in the job dirs of ``sweep_dir`` (displaced ones included), parsed once."""
     for path in sorted(Path(sweep_dir).glob("*/record*.json")):
         try:
             rec = json.loads(path.read_text())
@@ -59,8 +59,24 @@ def completed_records(sweep_dir: Path, chash: str, seed: int) -> Iterator[tuple[
             continue  # unreadable: not a finished record
         if not isinstance(rec, dict):
             continue  # `[]`, `null`, a number: not a record (warned once by the callback)
-        if rec.get("status") == "completed" and rec.get("config_hash") == chash and rec.get("seed") == seed:
+        if rec.get("status") == "completed":
             yield path, rec
+
+
+def completed_records(sweep_dir: Path, chash: str, seed: int) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every ``completed`` record of this grid point in the job dirs of ``sweep_dir``, parsed once."""
+    for path, rec in all_completed(sweep_dir):
+        if rec.get("config_hash") == chash and rec.get("seed") == seed:
+            yield path, rec
+
+
+def tier_siblings(sweep_dir: Path, tier: str) -> list[Path]:
+    """The other sweep dirs of the tier whose records a job of ``sweep_dir`` may copy: only
+    under the tier layout ``<...>/<tier>/<sweep>`` (see :func:`find_in_tier`), else none."""
+    here = Path(sweep_dir).absolute()
+    if here.parent.name != str(tier) or not here.parent.is_dir():
+        return []
+    return [other for other in sorted(here.parent.iterdir()) if other.is_dir() and other.resolve() != here.resolve()]
 
 
 def find_completed(sweep_dir: Path, chash: str, seed: int) -> Path | None:
@@ -77,12 +93,7 @@ def find_in_tier(sweep_dir: Path, chash: str, seed: int, tier: str) -> tuple[Pat
     ``hydra.sweep.dir`` (``multirun/<date>/<time>``, a test's tmp dir) has no siblings that are
     sweeps of its tier, so nothing is reused there. An original is preferred over a copy (a
     record with ``reused_from``), so a copy never points at another copy."""
-    here = Path(sweep_dir).absolute()
-    if here.parent.name != str(tier) or not here.parent.is_dir():
-        return None
-    hits = [hit for other in sorted(here.parent.iterdir())
-            if other.is_dir() and other.resolve() != here.resolve()
-            for hit in completed_records(other, chash, seed)]
+    hits = [hit for other in tier_siblings(sweep_dir, tier) for hit in completed_records(other, chash, seed)]
     return next((hit for hit in hits if not hit[1].get("reused_from")), hits[0] if hits else None)
 
 

@@ -63,10 +63,12 @@ def local_processes(cfg: DictConfig) -> int:
     return 1
 
 
-def resolve_threads(cfg: DictConfig) -> int:
+def resolve_threads(cfg: DictConfig, jobs: int | None = None) -> int:
     """``threads`` if set; else the cores shared by the parallel jobs and local ranks (>= 1).
 
     Always a number (never "torch's default"): the count is part of the run's identity.
+    ``jobs``: the sweep's parallel jobs, for a caller outside the multirun (the seed planner
+    hashing the grid points it prices); default: this process's launcher.
     """
     if cfg.get("threads") is not None:
         threads = cfg.threads
@@ -75,4 +77,4 @@ def resolve_threads(cfg: DictConfig) -> int:
         return threads
     if is_relaunched_rank() and os.environ.get(THREADS_ENV, "").isdigit():
         return int(os.environ[THREADS_ENV])
-    return max(1, available_cpus() // (parallel_jobs() * local_processes(cfg)))
+    return max(1, available_cpus() // ((parallel_jobs() if jobs is None else jobs) * local_processes(cfg)))

@@ -214,3 +214,30 @@ def test_planned_overrides_replace_the_sweeps_grid(tmp_path):
         seeds, variants = (a.split("=", 1)[1].split(",") for a in grid)
         assert len(jobs) == len(seeds) * len(variants)
         assert {tuple(j) for j in jobs} == {(f"seed={s}", f"variant={v}") for s in seeds for v in variants}
+
+
+def test_runs_a_sibling_sweep_of_the_tier_completed_are_priced_as_copies(tmp_path, monkeypatch):
+    """Figure 4 shares its four rows with Table 1: the jobs copy Table 1's records (same config
+    hash and seed), so the plan prices them at 0 and only the seeds Table 1 lacks at full cost,
+    from Table 1's measured job minutes. Hashes are computed as the jobs compute them."""
+    monkeypatch.setattr("csp_ablate.threads.available_cpus", lambda: 2)  # the 2-core proxy host: threads = 1
+    # records real jobs wrote (the committed Table 1, under today's identity; the frozen n = 3
+    # fixture predates it), seeds 0-2 of every row
+    found = [p for p in sorted((REPO / "results" / "proxy" / "table1").glob("*/record*.json"))
+             if json.loads(p.read_text())["seed"] < 3]  # displaced records (record.<run_id>.json) too
+    for job, path in enumerate(found):
+        (tmp_path / "proxy" / "table1" / str(job)).mkdir(parents=True)
+        shutil.copy(path, tmp_path / "proxy" / "table1" / str(job) / "record.json")
+    figure4 = tmp_path / "proxy" / "figure4"
+    p, cmds = plan.build({"sweep": "figure4", "budget_min": "0"}, [f"hydra.sweep.dir={figure4}"])
+    rows = p.rows.set_index("row")
+    assert p.pilot_minutes == 0 and rows["pilot_runs"].tolist() == [3, 3, 3, 3]  # the whole pilot: copies
+    assert rows.loc["none", "copies"] == 3 and rows.loc["none", "n_planned"] == 5  # the floor: seeds 3, 4 train
+    assert rows.loc["none", "minutes"] == pytest.approx(2 * rows.loc["none", "min_per_job"] / 2)
+    assert 2 < rows.loc["none", "min_per_job"] < 30  # Table 1's PeleeNet jobs, measured
+    assert "copies of records a sibling sweep" in " ".join(p.notes) and "seed=0,1,2" in cmds[0][5]
+
+    other = plan.build({"sweep": "figure4", "budget_min": "0"}, [f"hydra.sweep.dir={figure4}", "data.train_subset=128"])[0]
+    assert other.rows["copies"].sum() == 0 and other.pilot_minutes != 0  # another experiment: nothing to copy
+    adhoc = plan.build({"sweep": "figure4", "budget_min": "0"}, [f"hydra.sweep.dir={tmp_path / 'figure4'}"])[0]
+    assert adhoc.rows["copies"].sum() == 0  # not under <tier>/: no siblings (as at run time)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from csp_ablate.errors import ConfigError
 from csp_ablate.sweep import (  # noqa: F401  (re-exported: tests and scripts import them from here)
-    JOB_CONTROL_KEYS, displace_foreign_record, find_completed, pop_job_control, skip_if_done,
+    JOB_CONTROL_KEYS, displace_foreign_record, exit_if_launcher_gone, find_completed, pop_job_control, skip_if_done,
 )
 
 log = logging.getLogger("csp_ablate")
@@ -42,11 +42,28 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     user can fix (disk full, unwritable dir, corrupt checkpoint) exits 1 with one line; a bug
     keeps its traceback. In a multirun every failure is recorded and the sweep goes on.
     """
-    from csp_ablate.record import RECORD_FILE, is_multirun, output_dir
-    from csp_ablate.validate import validate_config
+    from csp_ablate.record import is_multirun
 
     control = pop_job_control(cfg)
     multirun = is_multirun()
+    code = 1
+    try:
+        outcome = _run_job(cfg, control, multirun)
+        code = 0
+        return outcome
+    except SystemExit as stop:  # 143: stopped by SIGTERM after saving last.ckpt
+        code = stop.code if isinstance(stop.code, int) else 1
+        raise
+    finally:
+        if multirun:  # a worker of a sweep whose launcher was killed: exit, do not idle
+            exit_if_launcher_gone(code)
+
+
+def _run_job(cfg: DictConfig, control: dict[str, Any], multirun: bool) -> dict[str, Any]:
+    """Validate, skip or copy a finished grid point (multirun), else train; a failure is recorded."""
+    from csp_ablate.record import RECORD_FILE, output_dir
+    from csp_ablate.validate import validate_config
+
     try:
         validate_config(cfg)
         if multirun:

@@ -301,30 +301,6 @@ class PreemptionSignal(L.Callback):
             original(self.signum, None)
 
 
-def exit_if_launcher_gone(code: int) -> None:
-    """End this process now when it is a sweep worker whose launcher has died.
-
-    Why: ``kill -TERM -- -<pgid>`` stops a joblib sweep by signalling the launcher and its
-    workers together. The launcher dies at once; each worker stops at the next step boundary
-    and saves ``last.ckpt``, but the ``SystemExit`` of its job is caught by loky's worker loop,
-    which then waits for the next task from a launcher that is gone -- an idle process (and
-    its ``wandb-core``) lingering for minutes, holding the sweep dir's process group alive.
-    A process with no parent process (a plain run, a SLURM job) or a live parent (only this
-    job was signalled: the launcher reports it) returns and exits normally.
-    """
-    import multiprocessing
-    import sys
-
-    parent = multiprocessing.parent_process()
-    if parent is None or os.getppid() == parent.pid:
-        return
-    log.warning("stopped; the sweep launcher (pid %d) is gone, so this worker exits (code %d)", parent.pid, code)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def build_callbacks(cfg: DictConfig, out: Path, stamp: dict[str, Any]) -> list[L.Callback]:
     """The checkpoint callbacks of a run (``checkpoint.enabled=false``: none)."""
     ck = cfg.get("checkpoint") or {}

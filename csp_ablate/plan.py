@@ -58,6 +58,7 @@ import pandas as pd
 import yaml
 
 from csp_ablate.report.spec import SWEEPS_DIR, ReportSpec, load_spec
+from csp_ablate.threads import launcher_jobs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PILOT_SEEDS = 3
@@ -74,6 +75,7 @@ class SweepGrid:
     row_key: str  # the grid axis that selects a row (``variant`` in every named sweep)
     row_values: dict[str, str]  # spec row id -> value of row_key
     parallel: int
+    tier: str = "proxy"
 
 
 @dataclass
@@ -143,7 +145,7 @@ def sweep_grid(name: str, overrides: list[str], jobs: int | None = None) -> Swee
     given = dict(o.split("=", 1) for o in overrides if "=" in o)
     tier = given.get("tier", "proxy")
     sweep_dir = Path(given.get("hydra.sweep.dir", f"results/{tier}/{name}"))
-    return SweepGrid(name, sweep_dir, key, row_values, jobs or _parallel(raw, given))
+    return SweepGrid(name, sweep_dir, key, row_values, jobs or _parallel(raw, given), tier)
 
 
 def _parallel(raw: dict, given: dict[str, str]) -> int:
@@ -156,7 +158,8 @@ def _parallel(raw: dict, given: dict[str, str]) -> int:
             launcher = item["override /hydra/launcher"]
     path = CONF_DIR / "hydra" / "launcher" / f"{launcher}.yaml"
     if launcher and path.exists():
-        return int((yaml.safe_load(path.read_text()) or {}).get("n_jobs", 1))
+        n = int((yaml.safe_load(path.read_text()) or {}).get("n_jobs", -1))
+        return launcher_jobs({"_target_": "joblib", "n_jobs": n})  # -1: every core
     return 1
 
 
@@ -173,23 +176,28 @@ class Copies:
 
 def row_hashes(grid: SweepGrid, passthrough: list[str]) -> dict[str, str]:
     """Each row's ``config_hash`` as its multirun jobs compute it (:mod:`csp_ablate.identity`):
-    the config composed in-process, ``threads`` resolved for the sweep's parallel jobs."""
+    the config composed in-process with the overrides the multiruns get, its job-control keys
+    removed, ``threads`` resolved for the jobs the composed launcher runs at once (not the
+    planner's ``jobs=`` option, which only prices the plan)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
     from csp_ablate.identity import config_hash
+    from csp_ablate.sweep import pop_job_control
     from csp_ablate.threads import resolve_threads
 
-    given = [o for o in passthrough if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     hashes = {}
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             for row, value in grid.row_values.items():
-                cfg = compose(config_name="config", overrides=[f"sweep={grid.name}", f"{grid.row_key}={value}", *given])
+                cfg = compose(config_name="config", return_hydra_config=True,
+                              overrides=[f"sweep={grid.name}", f"{grid.row_key}={value}", *passthrough])
+                pop_job_control(cfg)
                 with open_dict(cfg):
-                    cfg.threads = resolve_threads(cfg, jobs=grid.parallel)
+                    cfg.threads = resolve_threads(cfg, jobs=launcher_jobs(cfg.hydra.launcher))
+                    del cfg["hydra"]
                 hashes[row] = config_hash(cfg)
     finally:
         GlobalHydra.instance().clear()
@@ -201,9 +209,11 @@ def sibling_copies(grid: SweepGrid, passthrough: list[str]) -> Copies:
     hash), which this sweep's jobs will copy rather than train (:func:`csp_ablate.sweep.find_in_tier`)."""
     from csp_ablate.sweep import all_completed, tier_siblings
 
-    given = dict(o.split("=", 1) for o in passthrough if "=" in o)
-    siblings = tier_siblings(grid.sweep_dir, given.get("tier", "proxy"))
+    siblings = tier_siblings(grid.sweep_dir, grid.tier)
     if not siblings:
+        return Copies()
+    force = dict(o.split("=", 1) for o in passthrough if "=" in o).get("force", "false")
+    if force.lower() in ("1", "true", "yes"):  # force=true retrains every point: nothing is copied
         return Copies()
     try:
         hashes = row_hashes(grid, passthrough)
@@ -264,13 +274,27 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
                for rid in grid.row_values}
     per_job = {rid: copies.minutes.get(rid, overall) if math.isnan(m) else m for rid, m in per_job.items()}
 
-    def runs_cost(row: str, lo: int, hi: int) -> float:
-        """Sweep minutes of seeds lo..hi-1 of ``row`` (a seed a sibling sweep completed is copied: free)."""
-        trained = sum(1 for s in range(lo, hi) if s not in copies.seeds.get(row, ()))
+    done_seeds = {rid: set(pd.to_numeric(done.loc[done["row"] == rid, "seed"], errors="coerce").dropna().astype(int))
+                  for rid in grid.row_values}
+
+    def missing(row: str, n: int) -> list[int]:
+        """Seeds 0..n-1 of ``row`` with no completed record here (the multiruns run ``seed=0,...,n-1``)."""
+        return [s for s in range(n) if s not in done_seeds[row]]
+
+    def to_reach(row: str, n: int) -> float:
+        """Sweep minutes until ``row`` has seeds 0..n-1; a seed a sibling sweep completed is copied: free."""
+        trained = sum(1 for s in missing(row, n) if s not in copies.seeds.get(row, ()))
         return trained * per_job[row] / grid.parallel if trained else 0.0
 
-    pilot = {rid: max(0, PILOT_SEEDS - n) for rid, n in n_now.items()}
-    pilot_minutes = sum(runs_cost(r, n_now[r], PILOT_SEEDS) for r in grid.row_values)
+    def runs_cost(row: str, have: int, n: int) -> float:
+        """Sweep minutes from ``have`` seeds (already planned) to ``n``."""
+        if n <= have:
+            return 0.0
+        extra = to_reach(row, n) - to_reach(row, have)
+        return extra if math.isnan(extra) else max(0.0, extra)  # nan: no measured minutes yet
+
+    pilot = {rid: len(missing(rid, PILOT_SEEDS)) for rid in grid.row_values}
+    pilot_minutes = sum(to_reach(r, PILOT_SEEDS) for r in grid.row_values)
     spent = spent_minutes(frame, grid.parallel)
     left = budget_min - spent
     notes = [] if not any(pilot.values()) else [
@@ -301,8 +325,8 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     # the floor: every row a statistical claim compares gets min_seeds (issue 18: n >= 5), even
     # when the power analysis asks for fewer; it is paid before any power-driven top-up
     floor_rows = {r for c in claims if c["rows"] for r in c["rows"]}
-    floor = {r: max(0, min_seeds - max(n_now[r], PILOT_SEEDS)) for r in floor_rows}
-    total = sum(runs_cost(r, max(n_now[r], PILOT_SEEDS), min_seeds) for r in floor_rows)
+    floor = {r: len(missing(r, min_seeds)) - len(missing(r, PILOT_SEEDS)) for r in floor_rows}
+    total = sum(runs_cost(r, PILOT_SEEDS, min_seeds) for r in floor_rows)
     for r in floor_rows:
         target[r] = max(target[r], min_seeds)
     if total + pilot_minutes > left:
@@ -329,10 +353,9 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     planned = {r: max(target[r], PILOT_SEEDS) for r in grid.row_values}
     rows = pd.DataFrame([{"row": r, "n_now": n_now[r], "n_planned": planned[r],
                           "pilot_runs": pilot[r],
-                          "new_runs": planned[r] - max(n_now[r], PILOT_SEEDS),
-                          "copies": sum(1 for s in range(n_now[r], planned[r]) if s in copies.seeds.get(r, ())),
-                          "min_per_job": per_job[r],
-                          "minutes": runs_cost(r, n_now[r], PILOT_SEEDS) + runs_cost(r, max(n_now[r], PILOT_SEEDS), planned[r])}
+                          "new_runs": len(missing(r, planned[r])) - pilot[r],
+                          "copies": sum(1 for s in missing(r, planned[r]) if s in copies.seeds.get(r, ())),
+                          "min_per_job": per_job[r], "minutes": to_reach(r, planned[r])}
                          for r in grid.row_values])
     if rows["copies"].any():
         notes.append(f"{int(rows['copies'].sum())} of the planned run(s) are copies of records a sibling sweep of the "
@@ -371,7 +394,9 @@ def format_plan(plan: Plan, cmds: list[list[str]]) -> str:
         lines += [plan.claims.to_markdown(index=False, floatfmt="g"), ""]
     lines += [plan.rows.to_markdown(index=False, floatfmt=".1f"), ""]
     new = int(plan.rows["new_runs"].sum())
-    lines.append(f"Expected: {pilot_runs + new} new run(s), ~{plan.pilot_minutes + plan.minutes:.0f} min of sweep wall "
+    copied = int(plan.rows["copies"].sum())
+    lines.append(f"Expected: {pilot_runs + new} new run(s){f' ({copied} of them copies)' if copied else ''}, "
+                 f"~{plan.pilot_minutes + plan.minutes:.0f} min of sweep wall "
                  f"time (pilot {plan.pilot_minutes:.0f} + top-up {plan.minutes:.0f}; {max(plan.left_min, 0):.0f} left of budget "
                  f"{plan.budget_min:.0f}).")
     lines += ["Commands (resumable: completed grid points are skipped):", *("  python " + " ".join(c[1:]) for c in cmds)]

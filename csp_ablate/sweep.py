@@ -147,6 +147,38 @@ def displace_foreign_record(out_dir: Path, chash: str, seed: int) -> Path | None
     return target
 
 
+def exit_if_launcher_gone(code: int) -> None:
+    """End this process now when it is a sweep worker whose launcher has died.
+
+    Why: ``kill -TERM -- -<pgid>`` stops a joblib sweep by signalling the launcher and its
+    workers together. The launcher dies at once; each worker's job stops at the next training
+    step and saves ``last.ckpt`` (or, signalled during its final evaluation, finishes and writes
+    its record), and then loky's worker loop, which caught the job's ``SystemExit``, waits for
+    the next task from a launcher that is gone: an idle process and its ``wandb-core``
+    lingering for minutes in the sweep's process group. :func:`csp_ablate.__main__.main` calls
+    this after every multirun job. A process with no parent process (a plain run, a SLURM job,
+    a DDP rank Lightning started) or a live parent (the launcher gets the job's outcome)
+    returns.
+    """
+    import multiprocessing
+    import sys
+
+    parent = multiprocessing.parent_process()
+    if parent is None or os.getppid() == parent.pid:
+        return
+    log.warning("the sweep launcher (pid %d) is gone: this worker exits (code %d) instead of waiting for it",
+                parent.pid, code)
+    if "wandb" in sys.modules:  # the W&B run is finished; end wandb's service as its atexit hook would
+        try:
+            sys.modules["wandb"].teardown()
+        except Exception:  # noqa: BLE001  (exiting anyway; the service also watches its parent)
+            pass
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
     """In a multirun: the completed record of this grid point, if any and not ``force`` (then
     the job is skipped): in this sweep dir, else copied from another sweep dir of the tier.

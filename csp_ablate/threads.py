@@ -43,6 +43,12 @@ def parallel_jobs() -> int:
         launcher = HydraConfig.get().launcher
     except Exception:
         return 1
+    return launcher_jobs(launcher)
+
+
+def launcher_jobs(launcher) -> int:
+    """Jobs a Hydra launcher config (``hydra.launcher``) runs at once on this machine: joblib's
+    ``n_jobs`` (-1: every core), every job for ``submitit_local``, else 1."""
     target = str(launcher.get("_target_", ""))
     cpus = available_cpus()
     if "joblib" in target:

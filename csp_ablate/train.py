@@ -251,7 +251,6 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         preempt = next((c for c in ck_callbacks if isinstance(c, ckpt.PreemptionSignal) and c.pending), None)
         if preempt is not None:
             preempt.requeue()  # submitit: resubmit this job (same output dir) and exit
-        ckpt.exit_if_launcher_gone(143)  # a joblib worker of a stopped sweep: do not idle on
         raise SystemExit(143) from None  # 128 + SIGTERM, as a shell reports a killed job
     except BaseException:
         close_wandb(logger, exit_code=1)

@@ -5,6 +5,7 @@ the multirun commands it launches (subprocess mocked: nothing trains), and the C
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -238,6 +239,24 @@ def test_runs_a_sibling_sweep_of_the_tier_completed_are_priced_as_copies(tmp_pat
     assert "copies of records a sibling sweep" in " ".join(p.notes) and "seed=0,1,2" in cmds[0][5]
 
     other = plan.build({"sweep": "figure4", "budget_min": "0"}, [f"hydra.sweep.dir={figure4}", "data.train_subset=128"])[0]
-    assert other.rows["copies"].sum() == 0 and other.pilot_minutes != 0  # another experiment: nothing to copy
+    assert other.rows["copies"].sum() == 0 and math.isnan(other.pilot_minutes)  # another experiment: no copy, no minutes
     adhoc = plan.build({"sweep": "figure4", "budget_min": "0"}, [f"hydra.sweep.dir={tmp_path / 'figure4'}"])[0]
     assert adhoc.rows["copies"].sum() == 0  # not under <tier>/: no siblings (as at run time)
+
+    forced = plan.build({"sweep": "figure4", "budget_min": "0"}, [f"hydra.sweep.dir={figure4}", "force=true"])[0]
+    assert forced.rows["copies"].sum() == 0  # force=true retrains every point
+
+
+@pytest.mark.parametrize("copied, trains", [(2, True), (1, False)])
+def test_the_missing_seed_is_priced_not_the_count(tmp_path, copied, trains):
+    """A row whose seed 1 failed has seeds {0, 2}: the pilot runs seed 1, so only a copy of seed 1
+    makes it free (counting "n_now = 2, so seed 2 is next" priced a copy of seed 2 instead)."""
+    sweep = copy_records(tmp_path / "table1", keep=lambda rec: not (rec["model"] == "speleenet" and rec["seed"] == 1))
+    grid = plan.sweep_grid("table1", [f"hydra.sweep.dir={sweep}"])
+    p = plan.make_plan(runs_frame(sweep), load_spec("table1"), grid, budget_min=0,
+                       copies=plan.Copies(seeds={"speleenet": {copied}}))
+    row = p.rows.set_index("row").loc["speleenet"]
+    assert p.pilot == {**{r: 0 for r in grid.row_values}, "speleenet": 1}
+    assert (p.pilot_minutes > 0) is trains and row["copies"] == (0 if trains else 1)
+    assert row["n_planned"] == 5  # a claim row: the floor adds seeds 3 and 4, which train
+    assert row["minutes"] == pytest.approx((int(trains) + 2) * row["min_per_job"] / 2)

@@ -173,19 +173,25 @@ def test_report_cli_imports_no_torch_and_reports_missing_dir(table1_dir, tmp_pat
 def test_made_by_command_names_no_absolute_output_dir(tmp_path, monkeypatch):
     from csp_ablate.report.records import sweep_command
 
-    inside = tmp_path / "repo" / "results" / "t2"
+    repo = tmp_path / "repo"
+    inside = repo / "results" / "t2"
     inside.mkdir(parents=True)
-    monkeypatch.chdir(tmp_path / "repo")
-    multirun = {"hydra": {"overrides": {
+    monkeypatch.chdir(tmp_path)  # the report is rebuilt elsewhere: the line is relative to the launch dir
+    multirun = {"hydra": {"runtime": {"cwd": str(repo)}, "overrides": {
         "task": ["sweep=table2", "seed=0,1", "data.root=/usr/share/datasets/fashion-mnist"],
         "hydra": ["hydra.mode=MULTIRUN", "hydra.sweep.dir=/elsewhere/scratch/table2"]}}}
-    (inside / "multirun.yaml").write_text(yaml.safe_dump(multirun))
-    # a scratch dir outside the working dir is dropped; a data path is part of the experiment and stays
-    assert sweep_command(inside) == (
+
+    def command(sweep_dir_override: str) -> str:
+        multirun["hydra"]["overrides"]["hydra"][1] = sweep_dir_override
+        (inside / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+        return sweep_command(inside)
+
+    # a scratch dir outside the launch dir is dropped; a data path is part of the experiment and stays
+    assert command("hydra.sweep.dir=/elsewhere/scratch/table2") == (
         "python -m csp_ablate -m sweep=table2 seed=0,1 data.root=/usr/share/datasets/fashion-mnist")
-    multirun["hydra"]["overrides"]["hydra"][1] = f"hydra.sweep.dir={inside}"
-    (inside / "multirun.yaml").write_text(yaml.safe_dump(multirun))
-    assert sweep_command(inside).endswith("hydra.sweep.dir=results/t2")  # inside: made relative
+    assert command(f"hydra.sweep.dir={inside}").endswith(" hydra.sweep.dir=results/t2")  # inside: relative
+    assert command(f"++hydra.sweep.dir={tmp_path}/x").endswith("fashion-mnist")  # `++key=`: the same key
+    assert command("hydra.sweep.dir=multirun/x").endswith(" hydra.sweep.dir=multirun/x")  # relative: as given
 
 
 # ---- atomic writes ----------------------------------------------------------------------

@@ -150,7 +150,7 @@ def test_sigterm_then_relaunch_resumes_to_the_same_final_step(tmp_path, data_ove
 
 def _stopped_job(marker: Path) -> None:
     """What a stopped sweep job does last: write, ask whether to exit, write again if not."""
-    from csp_ablate.checkpoint import exit_if_launcher_gone
+    from csp_ablate.sweep import exit_if_launcher_gone
 
     marker.write_text(f"{os.getpid()} before\n")
     exit_if_launcher_gone(143)
@@ -184,7 +184,7 @@ def test_a_stopped_sweep_worker_exits_when_its_launcher_is_gone(tmp_path, launch
     """`kill -TERM -- -<pgid>` of a joblib sweep: the workers must not idle on after saving."""
     import multiprocessing
 
-    from csp_ablate.checkpoint import exit_if_launcher_gone
+    from csp_ablate.sweep import exit_if_launcher_gone
 
     exit_if_launcher_gone(143)  # no parent process (a plain run, pytest): returns
     marker = tmp_path / "marker"

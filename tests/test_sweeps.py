@@ -323,8 +323,8 @@ def test_killed_sweep_keeps_finished_records_and_resumes(launcher, tmp_path, dat
         proc.wait(timeout=60)
     finally:
         drained = _reap_group(proc, grace_s=60)
-    # joblib's workers save and exit rather than idle on for a launcher that is gone (they did
-    # for minutes, each with its wandb-core, until csp_ablate.checkpoint.exit_if_launcher_gone)
+    # joblib's workers save (or finish) and exit rather than idle on for a launcher that is gone
+    # (they did for minutes, each with its wandb-core, until csp_ablate.sweep.exit_if_launcher_gone)
     assert drained, "the stopped sweep's process group did not end by itself"
     before = records(sweep_dir)  # every record left behind is whole JSON
     assert before and all(r["status"] == "completed" for r in before)

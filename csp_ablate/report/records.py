@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -144,21 +145,20 @@ def sweep_name(runs: pd.DataFrame) -> str | None:
 _OUTPUT_DIR_KEYS = ("hydra.sweep.dir", "hydra.run.dir")
 
 
-def _portable_override(override: str) -> str | None:
-    """``override`` as a reader's clone can run it: an absolute output dir is made relative
-    to the working directory, or dropped when it lies outside it.
+def _portable_override(override: str, launch_dir: Path) -> str | None:
+    """``override`` as a reader's clone can run it: an absolute output dir is made relative to
+    the dir the sweep was launched from (``hydra.runtime.cwd``), or dropped when it lies outside.
 
     Why: the report is committed with its records, and a maintainer's scratch path
     (``hydra.sweep.dir=/work/sweeps/...``) names a machine, not the experiment; without it
-    the command writes to the sweep's default dir, which is what a reader wants.
+    the command writes to the sweep's default dir, which is what a reader wants. Relative to the
+    launch dir, not to where the report is rebuilt, so every rebuild writes the same line.
     """
     key, sep, value = override.partition("=")
-    if not sep or key not in _OUTPUT_DIR_KEYS or not Path(value).is_absolute():
+    if not sep or key.lstrip("+~") not in _OUTPUT_DIR_KEYS or not os.path.isabs(value):
         return override
-    try:
-        return f"{key}={Path(value).resolve().relative_to(Path.cwd().resolve())}"
-    except ValueError:
-        return None
+    relative = os.path.relpath(os.path.abspath(value), os.path.abspath(launch_dir))
+    return None if relative == ".." or relative.startswith(".." + os.sep) else f"{key}={relative}"
 
 
 def sweep_command(sweep_dir: Path) -> str | None:
@@ -170,9 +170,11 @@ def sweep_command(sweep_dir: Path) -> str | None:
 
     path = Path(sweep_dir) / "multirun.yaml"
     try:
-        given = yaml.safe_load(path.read_text())["hydra"]["overrides"]
+        hydra = yaml.safe_load(path.read_text())["hydra"]
+        given = hydra["overrides"]
         overrides = [*given.get("task", []), *(o for o in given.get("hydra", []) if not str(o).startswith("hydra.mode="))]
     except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return None
-    portable = (_portable_override(str(o)) for o in overrides)
+    launch_dir = Path(((hydra.get("runtime") or {}).get("cwd")) or Path.cwd())
+    portable = (_portable_override(str(o), launch_dir) for o in overrides)
     return "python -m csp_ablate -m " + " ".join(shlex.quote(o) for o in portable if o is not None)

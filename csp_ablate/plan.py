@@ -149,17 +149,21 @@ def sweep_grid(name: str, overrides: list[str], jobs: int | None = None) -> Swee
 
 
 def _parallel(raw: dict, given: dict[str, str]) -> int:
-    """Jobs at once under the sweep's launcher (joblib ``n_jobs``), 1 for ``basic``."""
+    """Jobs at once under the sweep's launcher (joblib ``n_jobs``, -1: every core), 1 for
+    ``basic`` and SLURM (whose jobs run elsewhere)."""
     if "hydra.launcher.n_jobs" in given:
-        return int(given["hydra.launcher.n_jobs"])
+        return launcher_jobs({"_target_": "joblib", "n_jobs": int(given["hydra.launcher.n_jobs"])})
     launcher = given.get("hydra/launcher")
     for item in raw.get("defaults") or []:
         if isinstance(item, dict) and "override /hydra/launcher" in item and launcher is None:
             launcher = item["override /hydra/launcher"]
     path = CONF_DIR / "hydra" / "launcher" / f"{launcher}.yaml"
+    if launcher == "joblib":  # Hydra's own: n_jobs -1
+        return launcher_jobs({"_target_": "joblib", "n_jobs": -1})
     if launcher and path.exists():
-        n = int((yaml.safe_load(path.read_text()) or {}).get("n_jobs", -1))
-        return launcher_jobs({"_target_": "joblib", "n_jobs": n})  # -1: every core
+        conf = yaml.safe_load(path.read_text()) or {}
+        if "joblib" in (conf.get("defaults") or []):  # ours on top of Hydra's joblib (joblib2)
+            return launcher_jobs({"_target_": "joblib", "n_jobs": conf.get("n_jobs", -1)})  # -1: every core
     return 1
 
 

@@ -56,6 +56,15 @@ def test_every_grid_value_maps_to_one_row_of_the_spec(name, key, rows):
         assert grid.row_values["efm"] == "t2_efm" and grid.row_values["efm_sam_swish"] == "t2_efm_sam_swish"
 
 
+def test_parallel_jobs_follow_the_launcher(monkeypatch):
+    monkeypatch.setattr("csp_ablate.threads.available_cpus", lambda: 4)
+    parallel = {launcher: plan.sweep_grid("table1", launcher.split()).parallel
+                for launcher in ("", "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1", "hydra.launcher.n_jobs=3",
+                                 "hydra/launcher=slurm", "hydra/launcher=basic")}
+    assert parallel == {"": 2, "hydra/launcher=joblib": 4, "hydra.launcher.n_jobs=-1": 4, "hydra.launcher.n_jobs=3": 3,
+                        "hydra/launcher=slurm": 1, "hydra/launcher=basic": 1}  # joblib's -1: every core
+
+
 def spent(sweep) -> float:
     """Minutes of sweep wall time the records in ``sweep`` already cost (the budget counts them)."""
     return plan.build({"sweep": "table1"}, [f"hydra.sweep.dir={sweep}"])[0].spent_min

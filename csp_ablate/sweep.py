@@ -19,6 +19,9 @@ A multirun is restartable (README "Sweeps"):
   ``record.<run_id>.json`` in the same dir (the report reads those too).
 * ``force`` and ``report`` (the sweep's report spec) steer the sweep, not the experiment: they
   are removed from the job's config, so they never change a config hash or a W&B config.
+* a stopped sweep ends: ``kill -TERM -- -<pgid>`` kills the launcher at once, and each
+  joblib worker, after its job has saved ``last.ckpt`` (or finished), exits instead of
+  waiting for a launcher that is gone (:func:`exit_if_launcher_gone`).
 * under ``hydra/launcher=joblib`` each job limits torch to ``cpu_count // n_jobs`` threads
   (:func:`csp_ablate.distributed.configure_threads`, applied by ``train.run``), so parallel
   jobs do not oversubscribe the cores.

@@ -170,18 +170,24 @@ def write_record(cfg: DictConfig, record: Mapping[str, Any]) -> Path:
     return write_json_atomic(output_dir(cfg) / RECORD_FILE, ordered)
 
 
+def _num(record: Mapping[str, Any], key: str, fmt: str) -> str:
+    """A record's number as printed; a metric may be absent (e.g. trainer.limit_val_batches=0)."""
+    return "n/a" if record.get(key) is None else format(record[key], fmt)
+
+
+def quality_text(record: Mapping[str, Any]) -> str:
+    """A record's quality as a line shows it: AP/AP50 for a detector, top-1 for a classifier."""
+    if record.get("task") == "detection":
+        return f"ap={_num(record, 'ap', '.2f')}% ap50={_num(record, 'ap50', '.2f')}%"
+    return f"top1={_num(record, 'top1', '.2f')}% val_top1={_num(record, 'val_top1', '.2f')}%"
+
+
 def summary_line(record: Mapping[str, Any], path: Any) -> str:
     """The one line a finished job prints: its axes, its quality and cost, and where its record is."""
     axes = " ".join(f"{k}={record[k]}" for k in LABEL_AXES if record.get(k) not in (None, ""))
-
-    def num(key: str, fmt: str) -> str:  # a metric may be absent (e.g. trainer.limit_val_batches=0)
-        return "n/a" if record.get(key) is None else format(record[key], fmt)
-
-    quality = (f"ap={num('ap', '.2f')}% ap50={num('ap50', '.2f')}%" if record.get("task") == "detection"
-               else f"top1={num('top1', '.2f')}% val_top1={num('val_top1', '.2f')}%")
     return (
-        f"[csp_ablate] {record['status']}: {axes} | {quality} params={num('params_m', '.3f')}M "
-        f"bflops={num('bflops', '.3f')} train={num('train_time_s', '.0f')}s | record: {path}"
+        f"[csp_ablate] {record['status']}: {axes} | {quality_text(record)} params={_num(record, 'params_m', '.3f')}M "
+        f"bflops={_num(record, 'bflops', '.3f')} train={_num(record, 'train_time_s', '.0f')}s | record: {path}"
     )
 
 

@@ -188,7 +188,7 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
     Otherwise clear this job's dir of another grid point's finished record."""
     from hydra.core.hydra_config import HydraConfig
 
-    from csp_ablate.record import config_hash, output_dir
+    from csp_ablate.record import config_hash, output_dir, quality_text
 
     chash, seed = config_hash(cfg), int(cfg.seed)
     sweep_dir = Path(HydraConfig.get().sweep.dir)
@@ -198,7 +198,7 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
         if found is not None:
             displace_foreign_record(output_dir(cfg), chash, seed)
             rec = reuse_record(*found, output_dir(cfg), cfg.get("sweep"))
-            line = (f"[csp_ablate] reused: {rec.get('run_id')} (top1={rec.get('top1')}) completed in "
+            line = (f"[csp_ablate] reused: {rec.get('run_id')} ({quality_text(rec)}) completed in "
                     f"{rec['reused_from']}, same config hash and seed | force=true retrains it")
             log.info(line)
             print(line, flush=True)
@@ -210,7 +210,7 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
         checkpoint.set_aside_other_runs_state(output_dir(cfg), checkpoint.fingerprint(cfg))
         return None
     rec = json.loads(done.read_text())
-    line = (f"[csp_ablate] skipped: {rec.get('run_id')} already completed (top1={rec.get('top1')}) | "
+    line = (f"[csp_ablate] skipped: {rec.get('run_id')} already completed ({quality_text(rec)}) | "
             f"record: {done} (force=true reruns it)")
     log.info(line)
     print(line, flush=True)

@@ -116,3 +116,11 @@ def test_evidence_written_under_results_does_not_make_code_dirty(tmp_path):
     (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
     state = git_state_of(tmp_path / "pkg")
     assert state["git_sha"] == f"{sha}+dirty" and state["diff_sha256"]
+
+
+def test_skip_and_reuse_lines_show_the_tasks_own_metric():
+    """A skipped or reused detection job printed `top1=None`: its line shows AP and AP50."""
+    from csp_ablate.record import quality_text
+
+    assert quality_text({"task": "detection", "ap": 40.3806, "ap50": 71.3781}) == "ap=40.38% ap50=71.38%"
+    assert quality_text({"task": "classification", "top1": 89.1, "val_top1": None}) == "top1=89.10% val_top1=n/a%"

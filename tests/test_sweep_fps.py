@@ -84,10 +84,15 @@ def test_a_detector_row_is_rebuilt_from_the_record_axes():
     row = {"task": "detection", "dataset": "fashiondet", "model": "csppeleenet", "gamma": 0.5, "fusion": "csp",
            "activation": "leaky", "neck": "prn", "extras": "sam", "img_size": 128}
     cfg = config_from_axes(row)
-    model, what = build_for_fps(cfg, 64)
-    assert what.startswith("detector network")
+    model, what, chans = build_for_fps(cfg, 64)
+    assert what.startswith("detector network, RGB, 80 classes") and chans == 3
     assert int(cfg.data.num_classes) == 10 and list(cfg.extras) == ["sam"]
     assert model.sam is not None  # the extra is built, not dropped
+    # timed as the paper's detector (Table 2's #Param/BFLOPs setting), not the 10-class grey proxy
+    import torch
+    with torch.no_grad():
+        outs = model(torch.zeros(1, 3, 64, 64))
+    assert all(o.shape[1] == 3 and o.shape[-1] == 5 + 80 for o in outs)
 
 
 def test_cli_writes_fps_csv_and_rejects_a_missing_dir(sweep, tmp_path):
@@ -99,3 +104,29 @@ def test_cli_writes_fps_csv_and_rejects_a_missing_dir(sweep, tmp_path):
     assert len(pd.read_csv(sweep / "fps.csv")) == 4
     bad = run_cli(f"sweep_dir={tmp_path / 'nope'}", module="csp_ablate.profile")
     assert bad.returncode == 2 and "sweep_dir" in bad.stderr
+
+
+def test_a_joblib_jobs_config_matches_its_record_through_the_threads_it_resolved(tmp_path, compose):
+    """A named sweep's job config says threads=null; its job resolved 1 (two jobs on two cores).
+    The profiler process would resolve another count: the record's threads make the hash match,
+    so the row is rebuilt from its own job config rather than from the record's axes."""
+    from omegaconf import open_dict
+
+    cfg = compose("model=peleenet", "tier=smoke", "logger=none")
+    assert cfg.threads is None
+    with open_dict(cfg):
+        hashed = cfg.copy()
+        hashed.threads = 1
+    job = tmp_path / "sweep" / "0"
+    _write(job, _record(config_hash(hashed), "peleenet", threads=1))
+    (job / ".hydra").mkdir()
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")  # threads: null, as Hydra saved it
+    (entry,) = sweep_configs(tmp_path / "sweep")
+    assert entry["config"] == job / ".hydra" / "config.yaml"
+
+
+def test_one_round_is_refused(sweep):
+    from csp_ablate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rounds >= 2"):
+        measure_sweep_fps(sweep, rounds=1)

@@ -70,7 +70,7 @@ def check_cli(cfg) -> None:
     if cfg.get("sweep_dir") is not None:
         if not Path(str(cfg.sweep_dir)).is_dir():
             raise ConfigError.bad_value("sweep_dir", cfg.sweep_dir, "an existing sweep dir (job dirs with record.json)")
-        positive_int("sweep_fps.rounds", cfg.sweep_fps.rounds)
+        positive_int("sweep_fps.rounds", cfg.sweep_fps.rounds, 2)  # an interval needs two rounds
         positive_int("sweep_fps.batch", cfg.sweep_fps.batch)
         if cfg.sweep_fps.img_size is not None:
             positive_int("sweep_fps.img_size", cfg.sweep_fps.img_size, 32)

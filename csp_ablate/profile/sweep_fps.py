@@ -14,8 +14,10 @@ gamma, fusion, activation, neck, extras, task, dataset), resolved through ``conf
 ``conf/data`` as Hydra would (committed sweeps keep only their records). Weights are random:
 throughput does not depend on them, except for a detector's decode + NMS, whose cost depends on
 how many boxes the trained weights score above the threshold; so for a detector the network's
-forward pass (backbone + neck + head) is timed, at the paper's detector input (320) unless
-``img_size`` is given. Classifiers are timed at the record's (trained) input, as in the record.
+forward pass (backbone + neck + head) is timed as the paper's detector: RGB, 80 classes (COCO),
+at its input (320) unless ``img_size`` is given -- the setting of Table 2's #Param and BFLOPs
+columns and of the paper's fps. Classifiers are timed at the record's (trained) input, as in the
+record.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ log = logging.getLogger("csp_ablate.profile")
 FPS_CSV = "fps.csv"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DETECTOR_IMG_SIZE = 320  # conf/task/detection.yaml profile.paper_img_size: the paper's detector input
+DETECTOR_NUM_CLASSES = 80  # conf/task/detection.yaml profile.paper_num_classes: COCO
 AXIS_KEYS = ("task", "dataset", "model", "gamma", "fusion", "neck", "extras", "activation")
 FPS_COLUMNS = ["config_hash", "round", "fps", "latency_ms", "model", "gamma", "fusion", "neck", "extras",
                "activation", "task", "what", "source", "img_size", "fps_device", "fps_threads", "fps_batch",
@@ -62,8 +65,15 @@ def sweep_configs(sweep_dir: Path) -> list[dict[str, Any]]:
         cfg_path = Path(sweep_dir) / Path(rec["_path"]).parent / ".hydra" / "config.yaml"
         if entry["config"] is None and cfg_path.is_file():
             try:
-                if config_hash(OmegaConf.load(cfg_path)) == key:  # a rerun may have moved this record aside
+                job_cfg = OmegaConf.load(cfg_path)
+                if job_cfg.get("threads") is None and rec.get("threads"):
+                    # threads=null resolved in the job by its launcher's parallel jobs (joblib2: 1),
+                    # which this process cannot see: the record says what it resolved to
+                    job_cfg.threads = rec["threads"]
+                if config_hash(job_cfg) == key:  # a rerun may have moved this record aside
                     entry["config"] = cfg_path
+                else:
+                    log.info("%s does not hash to its record's config_hash: rebuilt from the record's axes", cfg_path)
             except Exception as err:  # an unreadable config: fall back to the axes
                 log.warning("cannot use %s: %s", cfg_path, err)
     return list(seen.values())
@@ -95,15 +105,17 @@ def config_from_axes(row: dict[str, Any]) -> DictConfig:
     return cfg
 
 
-def build_for_fps(cfg: DictConfig, img_size: int) -> tuple[nn.Module, str]:
-    """(model, what is timed) for a run config: the classifier, or the detector's network."""
+def build_for_fps(cfg: DictConfig, img_size: int) -> tuple[nn.Module, str, int]:
+    """(model, what is timed, input channels) for a run config: the classifier as trained, or the
+    paper's detector network (RGB, ``profile.paper_num_classes``: 80)."""
     from csp_ablate.models import create_backbone
 
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     name = kwargs.pop("name")
-    channels, num_classes = int(cfg.data.channels), int(cfg.data.num_classes)
     if cfg.task.name != "detection":
-        return create_backbone(name, num_classes=num_classes, in_chans=channels, **kwargs), "classifier"
+        channels = int(cfg.data.channels)
+        model = create_backbone(name, num_classes=int(cfg.data.num_classes), in_chans=channels, **kwargs)
+        return model, "classifier", channels
     from csp_ablate.models.detector import build_detector
     from csp_ablate.models.heads import YOLOV3_ANCHORS
 
@@ -112,10 +124,11 @@ def build_for_fps(cfg: DictConfig, img_size: int) -> tuple[nn.Module, str]:
         anchors = [[(w * img_size / 416, h * img_size / 416) for w, h in scale] for scale in YOLOV3_ANCHORS]
     else:
         anchors = OmegaConf.to_container(anchors, resolve=True)
+    num_classes = int(OmegaConf.select(cfg, "profile.paper_num_classes", default=DETECTOR_NUM_CLASSES))
     model = build_detector({"name": name, **kwargs}, cfg.neck, list(cfg.get("extras") or []),
-                           num_classes=num_classes, anchors=anchors, in_chans=channels,
+                           num_classes=num_classes, anchors=anchors, in_chans=3,
                            neck_channels=int(cfg.detector.get("neck_channels", 128)))
-    return model, "detector network (forward; no decode/NMS)"
+    return model, f"detector network, RGB, {num_classes} classes (forward; no decode/NMS)", 3
 
 
 def _fps_img_size(row: dict[str, Any], cfg: DictConfig, img_size: int | None) -> int:
@@ -133,8 +146,8 @@ def measure_sweep_fps(sweep_dir: Path, rounds: int = 5, batch: int = 1, threads:
 
     Every model is built first; then ``rounds`` round-robin passes over them (order rotated each
     round) so that all rows share the same device, threads, batch and machine state."""
-    if rounds < 1 or batch < 1:
-        raise ConfigError.bad_value("rounds/batch", (rounds, batch), "integers >= 1")
+    if rounds < 2 or batch < 1:  # an interval needs two rounds
+        raise ConfigError.bad_value("rounds/batch", (rounds, batch), "rounds >= 2 and batch >= 1")
     if threads is not None:
         torch.set_num_threads(int(threads))
     entries = sweep_configs(Path(sweep_dir))
@@ -144,9 +157,8 @@ def measure_sweep_fps(sweep_dir: Path, rounds: int = 5, batch: int = 1, threads:
     for row in entries:
         cfg = OmegaConf.load(row["config"]) if row["config"] is not None else config_from_axes(row)
         size = _fps_img_size(row, cfg, img_size)
-        model, what = build_for_fps(cfg, size)
-        built.append((row, model, what, size, "job config" if row["config"] is not None else "record axes",
-                      int(cfg.data.channels)))
+        model, what, chans = build_for_fps(cfg, size)
+        built.append((row, model, what, size, "job config" if row["config"] is not None else "record axes", chans))
     host, out = socket.gethostname(), []
     for r in range(rounds):
         shift = r % len(built)

@@ -110,6 +110,18 @@ def test_quiet_fps_states_device_threads_batch(table2_dir):
     assert "over 3 interleaved rounds" in md and "testhost" in md
 
 
+def test_an_fps_claim_names_the_row_fps_csv_lacks(table2_dir):
+    """fps.csv written before a row completed: the claim says which row has no rounds and how to
+    measure it (it said "no completed run for one of the two rows")."""
+    fps = pd.read_csv(table2_dir / "fps.csv")
+    fps[fps["config_hash"] != "h-gfm"].to_csv(table2_dir / "fps.csv", index=False)
+    build_report(table2_dir)
+    claims = pd.read_csv(table2_dir / "claims.csv").set_index("claim")
+    assert claims.loc["efm_vs_gfm_fps", "verdict"] == "inconclusive"
+    assert claims.loc["efm_vs_gfm_fps", "reason"].startswith("fps.csv has no rounds for row(s) gfm")
+    assert "no rounds" not in claims.loc["sam_vs_spp_fps", "reason"]  # both of its rows were measured
+
+
 EXPECTED_COLUMNS = [
     "row", "label", "neck", "extras", "activation", "n", "n_failed", "params_m", "bflops",
     "bflops_delta_pct_vs_gfm", "bflops_delta_pct_vs_efm",

@@ -14,7 +14,7 @@ from csp_ablate.report.provenance import launches_as_json, provenance_table
 from csp_ablate.report.quiet_fps import fps_note, fps_runs, load_quiet_fps, mark_unmeasured, without_sweep_fps
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec
-from csp_ablate.report.tables import claims_table, paper_table, summary_table, variance_checks
+from csp_ablate.report.tables import assign_rows, claims_table, paper_table, summary_table, variance_checks
 
 log = logging.getLogger("csp_ablate.report")
 
@@ -87,8 +87,9 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
                                      paper_table_md(report.table, spec, runs, command, fps_text)))
         if spec.claims:
             report.claims = claims_table(table_runs, spec, metric_frames=frames)
-            if quiet is None:
-                report.claims = mark_unmeasured(report.claims, sweep_dir)
+            quiet_rows = frames.get("fps")
+            measured = None if quiet_rows is None else set(assign_rows(quiet_rows, spec).dropna()) if len(quiet_rows) else set()
+            report.claims = mark_unmeasured(report.claims, sweep_dir, measured)
             out.append(write_csv_atomic(sweep_dir / "claims.csv", report.claims, float_format=FLOAT_FORMAT))
             out.append(write_text_atomic(sweep_dir / "claims.md", claims_md(report.claims, spec, variance_checks(runs, spec))))
         if spec.figure:

@@ -83,10 +83,17 @@ def fps_note(quiet: pd.DataFrame | None, sweep_dir: Path | str) -> str:
             f"rounds (n = rounds for the fps deltas and claims)")
 
 
-def mark_unmeasured(claims: pd.DataFrame, sweep_dir: Path | str) -> pd.DataFrame:
-    """Without fps.csv the fps claims are inconclusive for want of a quiet measurement: say so
-    (instead of "no completed run"), with the command that measures it."""
-    fps = claims["metric"] == "fps"
-    claims.loc[fps, "reason"] = (f"fps not measured quietly (no fps.csv; the sweep's own fps is noise): run "
-                                 f"python -m csp_ablate.profile sweep_dir={sweep_dir}")
+def mark_unmeasured(claims: pd.DataFrame, sweep_dir: Path | str, measured_rows: set[str] | None = None) -> pd.DataFrame:
+    """An fps claim without a quiet measurement of both its rows is inconclusive for want of one:
+    say so (instead of "no completed run"), with the command that measures it. ``measured_rows``:
+    the rows fps.csv has rounds for (None: there is no fps.csv, or it cannot be read)."""
+    command = f"python -m csp_ablate.profile sweep_dir={sweep_dir}"
+    for i, claim in claims[claims["metric"] == "fps"].iterrows():
+        if measured_rows is None:
+            claims.loc[i, "reason"] = f"fps not measured quietly (no readable fps.csv; the sweep's own fps is noise): run {command}"
+            continue
+        unmeasured = [row for row in (claim["row"], claim["vs"]) if row not in measured_rows]
+        if unmeasured:  # fps.csv was written before these rows had a completed record
+            claims.loc[i, "reason"] = (f"fps.csv has no rounds for row(s) {', '.join(unmeasured)} (measured before they "
+                                       f"completed?): run {command} again")
     return claims

@@ -77,12 +77,12 @@ def main() -> None:
     torch.set_num_threads(1)
     classes, per_class, batch, passes = (2, 32, 16, 1) if QUICK else (4, 64, 32, 3)
     worker_counts = [0, 1, 2] if QUICK else [0, 1, 2, 4]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = make_jpegs(Path(tmp), classes, per_class)
         for split in ("train", "val"):
             for workers in worker_counts:
+                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before this measurement
                 rows.append({**measure(root, classes, workers, split, batch, passes), "load_avg_1m": load,
                              "note": "shared machine: compare rows of one run only"})
     base = {r["split"]: r["images_per_s"] for r in rows if r["workers"] == 0}

@@ -1,8 +1,9 @@
 """Per-job overhead of a sweep job: everything but the training and evaluation loops.
 
-Two runs of one real job (`python -m csp_ablate`, default proxy tier and W&B logger, offline):
+Runs of one real job (`python -m csp_ablate`, default proxy tier and W&B logger, offline):
 
-1. **the verdict, unprofiled**: wall time of the subprocess minus the loops it timed itself
+1. **the verdict, unprofiled, 3 runs** (1 in quick mode), each a fresh process: wall time of the
+   subprocess minus the loops it timed itself
    (``train_time_s`` of the record = ``Trainer.fit``; ``eval_time_s`` of the run's
    ``checkpoints/launches.jsonl`` = the final test/validation). cProfile slows Python-heavy
    start-up far more than the C++ loops, so a profiled run overstates the overhead.
@@ -10,7 +11,9 @@ Two runs of one real job (`python -m csp_ablate`, default proxy tier and W&B log
    (``Trainer.fit``, ``Trainer.test``) and named phases: model build, cost counting, W&B
    init/finish, record writing; the rest is interpreter + imports, config, data loading.
 
-Target (issue 8): the overhead is <= 5 % of a proxy job's wall time (run 1).
+Target (issue 8): the overhead is <= 5 % of a proxy job's wall time: the verdict is on the median
+of the unprofiled runs, the summary gives their range. These are the only end-to-end proxy jobs
+the benchmarks measure (the default setting); ``bench_train_speed`` times steps, not jobs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,9 +59,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
-def unprofiled(tier: str, tmp: str) -> dict[str, float]:
+def unprofiled(tier: str, tmp: str, k: int = 0) -> dict[str, float]:
     """Wall time of one job and the loop times it recorded itself."""
-    run_dir = Path(tmp) / "plain"
+    run_dir = Path(tmp) / f"plain{k}"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "csp_ablate", tier, f"hydra.run.dir={run_dir}"], cwd=REPO, check=True,
                    capture_output=True, env=_env())
@@ -71,7 +75,7 @@ def unprofiled(tier: str, tmp: str) -> dict[str, float]:
 def main() -> None:
     tier = "tier=smoke" if QUICK else "tier=proxy"
     with tempfile.TemporaryDirectory() as tmp:
-        plain = unprofiled(tier, tmp)
+        plains = [unprofiled(tier, tmp, k) for k in range(1 if QUICK else 3)]
         prof = Path(tmp) / "job.prof"
         cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "csp_ablate", tier,
                f"hydra.run.dir={tmp}/run"]
@@ -89,29 +93,43 @@ def main() -> None:
             loops += secs
         elif "inside Trainer.fit" in label:
             loops -= secs  # W&B start-up is overhead even though Lightning triggers it in fit
-        rows.append({"phase": f"[cProfile] {label}", "seconds": round(secs, 3), "pct_of_job": round(100 * secs / wall, 2)})
+        rows.append({"run": "cprofile", "phase": f"[cProfile] {label}", "seconds": round(secs, 3),
+                     "pct_of_job": round(100 * secs / wall, 2)})
     overhead_prof = wall - loops
-    rows.append({"phase": "[cProfile] overhead = wall - loops (imports, config, data load, cost, W&B, record)",
+    rows.append({"run": "cprofile", "phase": "[cProfile] overhead = wall - loops (imports, config, data load, cost, W&B, record)",
                  "seconds": round(overhead_prof, 3), "pct_of_job": round(100 * overhead_prof / wall, 2)})
-    rows.append({"phase": "[cProfile] job wall time", "seconds": round(wall, 3), "pct_of_job": 100.0})
-    overhead = plain["wall"] - plain["fit"] - plain["eval"]
-    pct = 100 * overhead / plain["wall"]
-    rows += [
-        {"phase": "loop: Trainer.fit (record train_time_s)", "seconds": round(plain["fit"], 3),
-         "pct_of_job": round(100 * plain["fit"] / plain["wall"], 2)},
-        {"phase": "loop: final evaluation (launches.jsonl eval_time_s)", "seconds": round(plain["eval"], 3),
-         "pct_of_job": round(100 * plain["eval"] / plain["wall"], 2)},
-        {"phase": "overhead = wall - loops (unprofiled: the verdict)", "seconds": round(overhead, 3),
-         "pct_of_job": round(pct, 2)},
-        {"phase": "job wall time (python -m csp_ablate, unprofiled)", "seconds": round(plain["wall"], 3),
-         "pct_of_job": 100.0},
-    ]
+    rows.append({"run": "cprofile", "phase": "[cProfile] job wall time", "seconds": round(wall, 3), "pct_of_job": 100.0})
+    rows += unprofiled_rows(plains)
+    text, passed = summarize(plains)
     for r in rows:
-        r.update(tier=tier.split("=")[1], target_pct=TARGET_PCT, passed=(pct <= TARGET_PCT) if not QUICK else None)
-    write_result("job_overhead", rows,
-                 f"{tier}: per-job overhead {overhead:.1f}s of {plain['wall']:.0f}s = {pct:.1f}% unprofiled "
-                 f"({overhead_prof:.1f}s of {wall:.0f}s under cProfile; target <= {TARGET_PCT}% for a proxy job: "
-                 f"{'pass' if pct <= TARGET_PCT else 'FAIL'})")
+        r.update(tier=tier.split("=")[1], target_pct=TARGET_PCT, passed=passed if not QUICK else None)
+    write_result("job_overhead", rows, f"{tier}: {text} ({overhead_prof:.1f}s of {wall:.0f}s under cProfile)")
+
+
+def unprofiled_rows(plains: list[dict[str, float]]) -> list[dict]:
+    """Tidy rows: per unprofiled run, its loops, its overhead and its wall time."""
+    rows = []
+    for k, plain in enumerate(plains):
+        overhead = plain["wall"] - plain["fit"] - plain["eval"]
+        for phase, secs in (("loop: Trainer.fit (record train_time_s)", plain["fit"]),
+                            ("loop: final evaluation (launches.jsonl eval_time_s)", plain["eval"]),
+                            ("overhead = wall - loops (unprofiled: the verdict)", overhead),
+                            ("job wall time (python -m csp_ablate, unprofiled)", plain["wall"])):
+            rows.append({"run": f"plain{k}", "phase": phase, "seconds": round(secs, 3),
+                         "pct_of_job": round(100 * secs / plain["wall"], 2)})
+    return rows
+
+
+def summarize(plains: list[dict[str, float]]) -> tuple[str, bool]:
+    """Median overhead % of the unprofiled runs, their range, and the verdict on the median."""
+    pcts = [100 * (p["wall"] - p["fit"] - p["eval"]) / p["wall"] for p in plains]
+    secs = [p["wall"] - p["fit"] - p["eval"] for p in plains]
+    walls = [p["wall"] for p in plains]
+    pct = statistics.median(pcts)
+    passed = pct <= TARGET_PCT
+    return (f"per-job overhead {statistics.median(secs):.1f}s of {statistics.median(walls):.0f}s = {pct:.1f}% "
+            f"unprofiled, median of {len(plains)} job(s) (range {min(pcts):.1f}-{max(pcts):.1f}%; target <= "
+            f"{TARGET_PCT}% for a proxy job: {'pass' if passed else 'FAIL'})"), passed
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ Same model, data pipeline, batch size, threads and precision. Throughput is meas
 differentially: each side trains N1 and N2 steps and the rate is (N2 - N1) x batch / (t2 - t1),
 so fixed costs (model build, W&B start, dataloader warm-up) cancel and what remains is the
 per-step cost, Lightning's progress bar, logging and W&B (offline, as configured by default)
-included. Target (issue 8): ratio >= 0.95.
+included. N2 - N1 = 200 steps (~40 s of training here), so the jitter of fixed costs inside
+``fit`` (the background W&B start, the last checkpoint's write) is a few % of the difference,
+not the ~10 % that 100 steps left. Target (issue 8): ratio >= 0.95.
 
 Repeats: >= 5 in a full run (1 in quick mode), interleaved, with the order of the two sides
-alternating between repeats so that a load drift favours neither. The verdict is on the median
-ratio; the summary states the spread (min-max and how many repeats fell below the target),
-since a median of 3 passed with one repeat at 0.892.
+alternating between repeats so that a load drift favours neither. The verdict needs the median
+ratio >= 0.95 *and* at most one repeat below it (a median of 3 passed with one repeat at 0.892;
+a median of 5 would pass with two); the summary states the spread.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def hand_loop_seconds(steps: int) -> float:
 
 
 def main() -> None:
-    n1, n2, repeats = (5, 25, 1) if QUICK else (20, 120, 5)
+    n1, n2, repeats = (5, 25, 1) if QUICK else (20, 220, 5)
     batch = int(_compose("output_dir=/tmp/x").data.batch_size)
     rows = []
     for rep in range(repeats):  # interleave the two sides so machine drift hits both
@@ -98,17 +100,18 @@ def main() -> None:
 
 
 def summarize(rows: list[dict]) -> str:
-    """Verdict on the median ratio, with its spread; adds the summary columns to ``rows``."""
+    """Verdict: median ratio >= TARGET and at most one repeat below it; adds the summary columns to ``rows``."""
     ratios = [r["ratio"] for r in rows]
     ratio = statistics.median(ratios)
     below = sum(x < TARGET for x in ratios)
+    passed = ratio >= TARGET and below <= 1
     for r in rows:
-        r.update(median_ratio=round(ratio, 3), min_ratio=min(ratios), max_ratio=max(ratios), target=TARGET,
-                 passed=ratio >= TARGET)
+        r.update(median_ratio=round(ratio, 3), min_ratio=min(ratios), max_ratio=max(ratios), below_target=below,
+                 target=TARGET, passed=passed)
     return (f"csp_ablate job {statistics.median(r['framework_img_s'] for r in rows):.0f} img/s vs hand loop "
             f"{statistics.median(r['hand_loop_img_s'] for r in rows):.0f} img/s: median ratio {ratio:.3f} over "
             f"{len(ratios)} interleaved repeat(s), range {min(ratios):.3f}-{max(ratios):.3f}, {below} below "
-            f"{TARGET} (target: median >= {TARGET}: {'pass' if ratio >= TARGET else 'FAIL'})")
+            f"{TARGET} (target: median >= {TARGET} and at most one repeat below: {'pass' if passed else 'FAIL'})")
 
 
 if __name__ == "__main__":

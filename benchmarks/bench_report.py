@@ -1,9 +1,17 @@
-"""Report scaling: `python -m csp_ablate.report` on 1,000 vs 10,000 synthetic records.
+"""Report scaling: `python -m csp_ablate.report` on 2,000 vs 20,000 synthetic records.
 
 The records are Table 1-shaped (13 rows, many seeds, a few failed jobs), written as one
 `<job>/record.json` each, exactly like a sweep dir. The command runs in a subprocess, as a user
-runs it (imports included). Targets (issue 8): 10,000 records in <= 10x the time of 1,000
-(linear) and under 30 s.
+runs it (imports included). Targets (issue 8): ten times the records in <= 10x the time
+(linear) and the large sweep under 30 s.
+
+The ratio is of the *marginal* times, each minus the time on a 13-record sweep (one record per
+row): about 1.2 s of every run is interpreter start-up and imports, and a ratio of whole wall
+times stays small even for a quadratic report (0.06 s of work on 1,000 records would become 6 s
+on 10,000, yet 7.2 s / 1.26 s reads x5.7). Linear work gives a marginal ratio of ~10, quadratic
+~100, so the target is <= 20 (room for n log n and noise). The sizes are 2,000 / 20,000 (not
+1,000 / 10,000) so the small sweep's marginal time stands clear of start-up noise. Repeats: 5,
+interleaved, the order of the sizes alternating.
 """
 
 from __future__ import annotations
@@ -59,24 +67,36 @@ def time_report(sweep_dir: Path) -> float:
     return time.perf_counter() - start
 
 
+TARGET_RATIO, TARGET_LARGE_S = 20.0, 30.0
+
+
 def main() -> None:
-    small, large = (100, 1000) if QUICK else (1000, 10000)
-    repeats = 1 if QUICK else 3
+    base, small, large = (13, 100, 1000) if QUICK else (13, 2000, 20000)
+    repeats = 1 if QUICK else 5
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {n: make_sweep(Path(tmp) / str(n), n) for n in (small, large)}
+        dirs = {n: make_sweep(Path(tmp) / str(n), n) for n in (base, small, large)}
         times = {n: [] for n in dirs}
-        for _ in range(repeats):
-            for n, d in dirs.items():
-                times[n].append(time_report(d))
-    t_small, t_large = statistics.median(times[small]), statistics.median(times[large])
-    ratio = t_large / t_small
-    passed = ratio <= 10 and t_large < 30
-    rows = [{"records": n, "seconds": round(statistics.median(t), 3), "repeats": repeats} for n, t in times.items()]
-    for r in rows:
-        r.update(ratio_large_small=round(ratio, 2), target="ratio <= 10 and large < 30 s", passed=passed)
-    write_result("report_scaling", rows,
-                 f"report on {small} records {t_small:.2f}s, on {large} {t_large:.2f}s: x{ratio:.1f} "
-                 f"(target <= 10x and < 30 s: {'pass' if passed else 'FAIL'})")
+        for rep in range(repeats):  # interleaved; the order alternates so a drift favours no size
+            for n in (list(dirs) if rep % 2 == 0 else list(dirs)[::-1]):
+                times[n].append(time_report(dirs[n]))
+    rows, text = summarize(times, base, small, large)
+    write_result("report_scaling", rows, text)
+
+
+def summarize(times: dict[int, list[float]], base: int, small: int, large: int) -> tuple[list[dict], str]:
+    """Median times, the marginal ratio (large - base) / (small - base) and the verdict."""
+    med = {n: statistics.median(t) for n, t in times.items()}
+    m_small, m_large = med[small] - med[base], med[large] - med[base]
+    ratio = m_large / m_small if m_small > 0 else float("inf")
+    passed = ratio <= TARGET_RATIO and med[large] < TARGET_LARGE_S
+    target = f"marginal ratio <= {TARGET_RATIO:g} (linear ~10) and large < {TARGET_LARGE_S:g} s"
+    rows = [{"records": n, "seconds": round(med[n], 3), "seconds_min": round(min(t), 3), "seconds_max": round(max(t), 3),
+             "marginal_s": round(med[n] - med[base], 3), "repeats": len(t), "marginal_ratio": round(ratio, 2),
+             "target": target, "passed": passed} for n, t in times.items()]
+    text = (f"report on {base} records {med[base]:.2f}s (start-up), on {small} {med[small]:.2f}s, on {large} "
+            f"{med[large]:.2f}s: marginal x{ratio:.1f} for x{large // small} records, median of {len(times[large])} "
+            f"interleaved repeat(s) (target: {target}: {'pass' if passed else 'FAIL'})")
+    return rows, text
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ cores that mode used: when one process cannot use its second thread well, the be
 1-thread process on one core, and DDP on two cores against it is a ratio, not an overhead (the
 summary says so instead of printing a negative "overhead"). Modes are interleaved over >= 5
 repeats (fresh processes each), the summary gives the median and the min-max of each mode; the
-1-minute load average is read before each measurement.
+1-minute load average is read once before any measurement (``load_avg_1m_at_start``: others'
+load) and before each (``load_avg_1m``: it includes this benchmark's previous processes).
 
 images/s = global batch / median step time (forward, backward, all-reduce, SGD step) after
-warm-up; ``allreduce_ms`` times one all-reduce of a gradient-sized buffer on its own. Synthetic
+warm-up (every process starts its first step at a shared barrier); ``allreduce_ms`` times one all-reduce of a gradient-sized buffer on its own. Synthetic
 input (random tensors): the input pipeline is benchmarked separately (bench_imagefolder).
 
 Honest reading for a 2-core machine: two ranks split the same two cores that one process uses,
@@ -33,8 +34,8 @@ across runs.
 
 OpenMP's wait policy is left as the jobs run it (unset: threads spin a while before they sleep).
 An earlier version forced ``OMP_WAIT_POLICY=PASSIVE`` on every mode to protect DDP from spinning
-threads; it slowed the 2-thread process below the 1-thread one (309 vs 545 img/s) and so broke
-the baseline. Set the variable yourself to measure another policy; it is a column of the CSV.
+threads; measured that way, on a loaded machine (1-minute load 1.9), the 2-thread process ran
+below the 1-thread one (309 vs 545 img/s), which broke the baseline. Set the variable yourself to measure another policy; it is a column of the CSV.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ MODEL, IMG, CLASSES = os.environ.get("BENCH_MODEL", "peleenet"), 32, 10  # the p
 
 
 def _step_times(rank: int, world: int, batch: int, warmup: int, steps: int, threads: int, port: int, queue,
-                independent: bool = False) -> None:
+                independent: bool = False, barrier=None) -> None:
     """Train ``warmup + steps`` steps on this rank; put (rank, step times, all-reduce ms) on ``queue``.
-    ``independent``: no process group, each process trains its own model on the full batch."""
+    ``independent``: no process group, each process trains its own model on the full batch.
+    ``barrier``: every process waits there before its first step, so that processes whose start-up
+    (imports, model build) took different times still train at the same time."""
     import torch.distributed as dist
     import torch.nn.functional as F
 
@@ -82,6 +85,8 @@ def _step_times(rank: int, world: int, batch: int, warmup: int, steps: int, thre
     x = torch.randn(per_rank, 3, IMG, IMG, generator=g)
     y = torch.randint(0, CLASSES, (per_rank,), generator=g)
     model.train()
+    if barrier is not None:
+        barrier.wait()
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -108,8 +113,8 @@ def measure(world: int, threads: int, batch: int, warmup: int, steps: int, indep
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_step_times, args=(r, world, batch, warmup, steps, threads, port, queue, independent))
+    queue, barrier = ctx.Queue(), ctx.Barrier(world)
+    procs = [ctx.Process(target=_step_times, args=(r, world, batch, warmup, steps, threads, port, queue, independent, barrier))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -138,8 +143,10 @@ MODES = (  # (mode, processes, threads per process, independent jobs)
 
 def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    batches, warmup, steps, repeats = ([64], 2, 5, 1) if QUICK else ([64, 256], 3, 20, 5)
+    batches, warmup, steps, repeats = ([64], 2, 5, 1) if QUICK else ([128, 256], 3, 20, 5)  # 128: a proxy job's batch
     policy = os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP default, as jobs run)")
+    # the 1-minute load before any measurement: later readings include this benchmark's own processes
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     for batch in batches:
         for rep in range(repeats):  # interleaved, so drift in the machine's load hits every mode
@@ -148,7 +155,7 @@ def main() -> None:
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 row = measure(world, threads, batch, warmup, steps, independent)
                 rows.append({"mode": mode, "repeat": rep, "model": MODEL, "img_size": IMG, "load_avg_1m": load,
-                             "omp_wait_policy": policy, "note": "shared machine: compare rows of one run only", **row})
+                             "load_avg_1m_at_start": load_at_start, "omp_wait_policy": policy, "note": "shared machine: compare rows of one run only", **row})
     summary = [summarize(rows, batch, cores) for batch in batches]
     write_result("ddp_overhead", rows, f"{MODEL} {IMG}px on {cores} cores, CPU gloo, {repeats} interleaved "
                  f"repeat(s): " + "; ".join(summary))

@@ -4,7 +4,7 @@ Same model, data pipeline, batch size, threads and precision. Throughput is meas
 differentially: each side trains N1 and N2 steps and the rate is (N2 - N1) x batch / (t2 - t1),
 so fixed costs (model build, W&B start, dataloader warm-up) cancel and what remains is the
 per-step cost, Lightning's progress bar, logging and W&B (offline, as configured by default)
-included. N2 - N1 = 200 steps (~40 s of training here), so the jitter of fixed costs inside
+included. N2 - N1 = 200 steps (25-45 s of training here, by the host's speed), so the jitter of fixed costs inside
 ``fit`` (the background W&B start, the last checkpoint's write) is a few % of the difference,
 not the ~10 % that 100 steps left. Target (issue 8): ratio >= 0.95.
 

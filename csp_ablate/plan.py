@@ -39,7 +39,8 @@ Options (``key=value``): ``budget_min`` (required to run: minutes of the sweep's
 time, what its records already cost included), ``dry_run`` (print only), ``jobs``
 (parallel jobs; default: the sweep's launcher), ``power`` (0.8), ``max_seeds`` (30),
 ``min_seeds`` (5, from the pilot's 3 to ``max_seeds``: the floor of every row a statistical
-claim compares (top-1, AP, fps; not the exact BFLOPs counts), planned even when the power
+claim compares (top-1, AP; not the exact BFLOPs counts, nor fps: an fps claim is judged on the
+rounds of the quiet fps pass, so more seeds cannot resolve it), planned even when the power
 analysis asks for fewer or the budget is short; the plan says so, and a claim the floor already
 pays is ``planned``, never "over budget").
 Imports no torch; the multiruns are subprocesses.
@@ -310,6 +311,12 @@ def make_plan(runs: pd.DataFrame, spec: ReportSpec, grid: SweepGrid, budget_min:
     target = dict(n_now)
     for claim in spec.claims:
         if claim.metric == "bflops":
+            continue
+        if claim.metric == "fps":  # judged on the quiet fps pass's rounds (csp_ablate.report.quiet_fps)
+            claims.append({"claim": claim.id, "metric": claim.metric,
+                           "paper": claim.paper if claim.paper is not None else claim.direction,
+                           "seeds_needed": math.nan, "rows": (),
+                           "status": "rounds, not seeds: python -m csp_ablate.profile sweep_dir=<dir> sweep_fps.rounds=N"})
             continue
         if claim.row not in grid.row_values or claim.vs not in grid.row_values:
             claims.append({"claim": claim.id, "metric": claim.metric, "paper": claim.paper, "seeds_needed": math.nan,

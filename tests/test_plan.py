@@ -269,3 +269,14 @@ def test_the_missing_seed_is_priced_not_the_count(tmp_path, copied, trains):
     assert (p.pilot_minutes > 0) is trains and row["copies"] == (0 if trains else 1)
     assert row["n_planned"] == 5  # a claim row: the floor adds seeds 3 and 4, which train
     assert row["minutes"] == pytest.approx((int(trains) + 2) * row["min_per_job"] / 2)
+
+
+def test_fps_claims_ask_for_rounds_of_the_fps_pass_not_seeds(tmp_path):
+    """An fps claim is judged on the quiet fps pass's rounds (csp_ablate.report.quiet_fps), so the
+    planner neither buys seeds for it nor counts its rows in the floor."""
+    p, _ = plan.build({"sweep": "table2", "budget_min": "1000"}, [f"hydra.sweep.dir={tmp_path / 'table2'}"])
+    claims = p.claims.set_index("claim")
+    fps = claims[claims["metric"] == "fps"]
+    assert len(fps) == 2 and fps["seeds_needed"].isna().all()
+    assert fps["status"].str.startswith("rounds, not seeds: python -m csp_ablate.profile sweep_dir=").all()
+    assert not claims.loc[claims["metric"] != "fps", "status"].str.startswith("rounds").any()

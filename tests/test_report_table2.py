@@ -246,6 +246,13 @@ def test_sign_only_differs_from_the_size_rule():
     assert judge(test, ev).verdict == "reproduced" and prefix.startswith("sign only (decrease")
 
 
+def test_an_inconclusive_fps_claim_asks_for_rounds_not_seeds():
+    """fps is measured in the quiet pass's rounds: more training seeds cannot resolve its claim."""
+    claim = Claim(id="c", text="", row="a", vs="b", metric="fps", paper=-2.0, margin=1.0)
+    reason = judge(statistical_test(claim)[0], _evidence(-0.5, 1.0)).reason
+    assert "rounds of the quiet fps pass would" in reason and "seeds" not in reason
+
+
 def test_table2_cli_with_gaps(tmp_path):
     records = [make_det_record(row, seed) for seed in (0, 1) for row in ROWS if row != "cem_sam"]
     records.append(make_det_record("efm_spp", 2, status="failed", error="RuntimeError: boom"))

@@ -17,10 +17,11 @@ Variance model (why not Welch on 3 vs 3)
     test on the committed proxy records does not reject it (Table 1 p = 0.48, Table 2 AP
     p = 0.39, AP50 p = 0.64); claims.md prints the test for every sweep. Runs that share a seed
     are not paired: a seed gives two architectures different initial weights, and nothing shows
-    that their errors correlate, so the design is unpaired. fps is the exception: it is measured
-    on a shared CPU, its spread depends on the machine's load during each run and differs between
-    rows (Bartlett p = 0.007 on Table 2), and its claims are judged on the sign only, so fps
-    uses Welch's interval (:func:`welch_evidence`, checked against scipy's ``ttest_ind``).
+    that their errors correlate, so the design is unpaired. fps is the exception: its n is the
+    rounds of the quiet fps pass (csp_ablate.report.quiet_fps), its timing noise is each
+    configuration's own and differs between rows (on the in-sweep fps of 2026-11-24's Table 2,
+    Bartlett p = 0.007), and its claims are judged on the sign only, so fps uses Welch's interval
+    (:func:`welch_evidence`, checked against scipy's ``ttest_ind``).
 
 Rule (``d`` our difference, ``[lo, hi]`` its 95 % t-interval)
     * claim of an effect ``|p| >= δ``: **reproduced** if the interval excludes 0 on the paper's
@@ -32,7 +33,8 @@ Rule (``d`` our difference, ``[lo, hi]`` its 95 % t-interval)
     * direction claim: **reproduced** if the interval lies on the claimed side of 0,
       **contradicted** if it lies on the other side.
     * otherwise, or with no interval (fewer than 2 seeds in the whole sweep), **inconclusive**,
-      and the reason says how many seeds per row would resolve the claim.
+      and the reason says how many seeds per row (fps: rounds of the quiet fps pass) would resolve
+      the claim.
     Calibration (tests/test_calibration.py drives this code on synthetic records): with no true
     effect a claim of ``|p| >= δ`` is reproduced with probability <= 2.5 % (one side of a 95 %
     interval); with the true effect equal to the paper's, any claim is contradicted with
@@ -85,7 +87,8 @@ RULE_TEXT = (
     "paper's side and reaches p ± δ; a claim |p| < δ (\"no loss / only 0.1\") when the equivalence test "
     "(TOST, 90 % interval) puts it within p ± δ; a direction claim when the interval lies on the claimed "
     "side of 0. *Contradicted*: the interval lies outside p ± δ (direction: on the other side of 0). "
-    "Otherwise *inconclusive* (the reason says how many seeds per row would resolve it). Intervals use "
+    "Otherwise *inconclusive* (the reason says how many seeds per row, for fps rounds of the quiet fps "
+    "pass, would resolve it). Intervals use "
     "the within-row variance pooled across all rows of the sweep (df = runs − rows){welch}. "
     "`verdict_holm`: Holm-adjusted across this file's statistical claims. `mde80`: the smallest true "
     "difference this n reproduces with 80 % power; `seeds_needed`: seeds per row for 80 % power at the "
@@ -353,12 +356,15 @@ def judge(test: ClaimTest, ev: Evidence, with_power: bool = True) -> Judgement:
 
 
 def _what_it_takes(test: ClaimTest, ev: Evidence, m80: float, need: float) -> str:
+    """How much more evidence would resolve the claim: seeds per row, or for fps (Welch, n = the
+    quiet fps pass's rounds) rounds of that pass, which more training seeds cannot replace."""
     goal = {"effect": f"{test.target:+g}", "equivalence": f"{test.target:+g} ± {test.margin:g}",
             "direction": f"an effect of {test.margin:g}"}[test.kind]
+    unit = "rounds of the quiet fps pass" if ev.model == "welch" else "seeds per row"
     text = f"n = {ev.n} vs {ev.n_vs} resolves effects ≥ {m80:.2f}" if m80 == m80 else f"n = {ev.n} vs {ev.n_vs}"
     if need == need:
-        return f"{text}; {int(need)} seeds per row would resolve {goal} (80 % power)"
-    return f"{text}; more than {MAX_SEEDS} seeds per row would be needed for {goal}"
+        return f"{text}; {int(need)} {unit} would resolve {goal} (80 % power)"
+    return f"{text}; more than {MAX_SEEDS} {unit} would be needed for {goal}"
 
 
 # ---- compute claims: exact counts ---------------------------------------------------------

@@ -36,15 +36,18 @@ def main() -> None:
         models[(name, g, f)] = (m, count_bflops(m, img, 3))
     fps: dict[tuple, list[float]] = {(k, b): [] for k in models for b in batches}
     with torch.inference_mode():
-        for _ in range(rounds):
-            for key, (model, _) in models.items():
+        keys = list(models)
+        for r in range(rounds):  # every round measures every model, the order rotated each round
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                model = models[key][0]
                 for b in batches:
                     fps[(key, b)].append(measure_throughput(model, img, 3, batch=b, warmup=2, repeats=3)["fps"])
     rows = []
     for (key, b), vals in fps.items():
         name, g, f = key
         rows.append({"model": name, "gamma": g, "fusion": f, "batch": b, "img_size": img,
-                     "bflops": round(models[key][1], 4), "fps": round(statistics.median(vals), 2)})
+                     "bflops": round(models[key][1], 4), "fps": round(statistics.median(vals), 2),
+                     "fps_min": round(min(vals), 2), "fps_max": round(max(vals), 2), "rounds": len(vals)})
     df = pd.DataFrame(rows)
     base = df[df.model == "peleenet"].set_index("batch")
     df["bflops_ratio"] = (df.bflops / df.batch.map(base.bflops)).round(3)
@@ -59,6 +62,7 @@ def main() -> None:
         f"for {csp[(csp.batch == b) & (csp.gamma == 0.5) & (csp.fusion == 'csp')].bflops_ratio.iloc[0]:.2f}x BFLOPs)"
         for b in batches if not csp[(csp.batch == b) & (csp.gamma == 0.5) & (csp.fusion == "csp")].empty
     ) or "quick mode"
+    summary += f" (fps: median of {rounds} interleaved round(s), min-max in the CSV)"
     write_result("inference", df.to_dict("records"), summary)
 
 

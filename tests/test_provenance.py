@@ -52,6 +52,22 @@ def test_committed_records_are_clean_and_hold_no_absolute_paths():
     assert not absolute, f"absolute paths in committed records (write them relative): {absolute}"
 
 
+def test_committed_result_files_name_no_machine_path():
+    """Beyond the records: no committed table, report or COMMAND.md names a path on the machine
+    that made it (a scratch sweep dir, a temp dir, a home dir); a user's clone has none of them."""
+    import re
+
+    try:
+        out = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("not a git checkout: no committed results to check")
+    machine_path = re.compile(r"(^|[^A-Za-z0-9_.<>])/(work|tmp|root|home|Users)/")
+    found = [f"{p}: {m.group(0).strip()}..." for p in out.splitlines() if p.endswith((".csv", ".md", ".json"))
+             for m in [machine_path.search((REPO / p).read_text(encoding="utf-8", errors="replace"))] if m]
+    assert not found, f"machine paths in committed results (write them relative or as <scratch>): {found}"
+
+
 def test_committed_records_name_commits_in_the_history():
     """A record's commit (and each launch's) must be one a reviewer can check out (issue 18):
     not a commit that was amended, rebased away or never pushed."""

@@ -22,8 +22,9 @@ repeats (fresh processes each), the summary gives the median and the min-max of 
 load) and before each (``load_avg_1m``: it includes this benchmark's previous processes).
 
 images/s = global batch / median step time (forward, backward, all-reduce, SGD step) after
-warm-up (every process starts its first step at a shared barrier); ``allreduce_ms`` times one all-reduce of a gradient-sized buffer on its own. Synthetic
-input (random tensors): the input pipeline is benchmarked separately (bench_imagefolder).
+warm-up (every process starts its first step at a shared barrier); ``allreduce_ms`` times one
+all-reduce of a gradient-sized buffer on its own. Synthetic input (random tensors): the input
+pipeline is benchmarked separately (bench_imagefolder).
 
 Honest reading for a 2-core machine: two ranks split the same two cores that one process uses,
 so DDP cannot be faster than a process that uses both cores well; the figure is the overhead
@@ -35,7 +36,8 @@ across runs.
 OpenMP's wait policy is left as the jobs run it (unset: threads spin a while before they sleep).
 An earlier version forced ``OMP_WAIT_POLICY=PASSIVE`` on every mode to protect DDP from spinning
 threads; measured that way, on a loaded machine (1-minute load 1.9), the 2-thread process ran
-below the 1-thread one (309 vs 545 img/s), which broke the baseline. Set the variable yourself to measure another policy; it is a column of the CSV.
+below the 1-thread one (309 vs 545 img/s), which broke the baseline. Set the variable yourself
+to measure another policy; it is a column of the CSV.
 """
 
 from __future__ import annotations
@@ -114,8 +116,8 @@ def measure(world: int, threads: int, batch: int, warmup: int, steps: int, indep
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue, barrier = ctx.Queue(), ctx.Barrier(world)
-    procs = [ctx.Process(target=_step_times, args=(r, world, batch, warmup, steps, threads, port, queue, independent, barrier))
-             for r in range(world)]
+    args = (world, batch, warmup, steps, threads, port, queue, independent, barrier)
+    procs = [ctx.Process(target=_step_times, args=(r, *args)) for r in range(world)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=900) for _ in procs]
@@ -155,7 +157,8 @@ def main() -> None:
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 row = measure(world, threads, batch, warmup, steps, independent)
                 rows.append({"mode": mode, "repeat": rep, "model": MODEL, "img_size": IMG, "load_avg_1m": load,
-                             "load_avg_1m_at_start": load_at_start, "omp_wait_policy": policy, "note": "shared machine: compare rows of one run only", **row})
+                             "load_avg_1m_at_start": load_at_start, "omp_wait_policy": policy,
+                             "note": "shared machine: compare rows of one run only", **row})
     summary = [summarize(rows, batch, cores) for batch in batches]
     write_result("ddp_overhead", rows, f"{MODEL} {IMG}px on {cores} cores, CPU gloo, {repeats} interleaved "
                  f"repeat(s): " + "; ".join(summary))

@@ -29,6 +29,13 @@ is a collision, not a user's mistake: :func:`set_aside_other_runs_state` moves t
 ``checkpoints/`` and ``csv/`` to ``checkpoints.<its fingerprint>/`` and ``csv.<its fingerprint>/``
 (kept, never resumed into the wrong experiment), as ``csp_ablate.__main__`` does with its
 finished ``record.json``. A single run (``hydra.run.dir``) keeps the clear error above.
+
+The same numbering moves a stopped run: relaunched with a narrower grid (only the missing
+seeds or rows, as the seed planner launches them), it gets another job dir than the one
+holding its ``last.ckpt``. :func:`adopt_own_state` brings that state home (the most advanced
+``last.ckpt`` of this fingerprint in any job dir of the sweep, set aside or not, with its
+``launches.jsonl`` and curves), so the run resumes instead of starting over. Before it did,
+Table 2's fourth launch restarted two runs stopped at steps 637 and 426 from scratch.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import platform
 import signal
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -357,18 +366,108 @@ def set_aside_other_runs_state(out: Path, expected_fingerprint: str) -> list[Pat
     return moved
 
 
-def read_history(out: Path) -> list[dict[str, Any]]:
-    path = checkpoint_dir(out) / HISTORY
+STATE_LOCK = ".csp_ablate.state.lock"
+
+
+@contextmanager
+def sweep_state_lock(sweep_dir: Path) -> Iterator[None]:
+    """Serialise the moves of job state between a sweep's job dirs (two jobs start at once).
+
+    A blocking ``flock`` on ``<sweep_dir>/.csp_ablate.state.lock``, held for the milliseconds
+    of :func:`set_aside_other_runs_state` + :func:`adopt_own_state`: without it a job could
+    adopt a dir that another job is setting aside at the same moment.
+    """
+    import fcntl
+
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(sweep_dir / STATE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def _last_fingerprint(ckdir: Path) -> str | None:
+    """The fingerprint of the last launch that started in this checkpoint dir (None: no history)."""
+    starts = [h for h in _read_history_file(ckdir / HISTORY) if h.get("event") == "start"]
+    return starts[-1].get("fingerprint") if starts else None
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` itself, or ``path.2``, ``path.3``...: the first name not taken (never overwrite)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def adopt_own_state(out: Path, sweep_dir: Path, expected_fingerprint: str) -> Path | None:
+    """Move this run's most advanced ``last.ckpt`` from another job dir of the sweep into ``out``.
+
+    Only when ``out`` has no ``last.ckpt`` of its own. Candidates are ``checkpoints/`` dirs whose
+    last launch was this fingerprint and ``checkpoints.<this fingerprint>[.n]/`` dirs set aside
+    by :func:`set_aside_other_runs_state`; each is checked with :func:`inspect_checkpoint` (a
+    corrupt one is named and left where it is). The whole dir moves (``launches.jsonl`` with it,
+    so the record's ``launches`` stay complete), with the matching ``csv`` dir; anything this
+    run left in ``out`` without a checkpoint is kept beside as ``<name>.unsaved``. The W&B files
+    of the earlier launches stay in their dir; the resumed launch continues the same W&B run.
+    Returns the dir the state came from, or None. Call it under :func:`sweep_state_lock`.
+    """
+    out, sweep_dir = Path(out), Path(sweep_dir)
+    if (checkpoint_dir(out) / LAST).exists():
+        return None
+    candidates: list[tuple[int, str, Path]] = []
+    for ckdir in sorted(sweep_dir.glob(f"*/{CKPT_DIR}*")):
+        if ckdir.parent == out or not (ckdir / LAST).is_file():
+            continue
+        if ckdir.name == CKPT_DIR:
+            if _last_fingerprint(ckdir) != expected_fingerprint:
+                continue
+        elif not (ckdir.name == f"{CKPT_DIR}.{expected_fingerprint}"
+                  or ckdir.name.startswith(f"{CKPT_DIR}.{expected_fingerprint}.")):
+            continue
+        try:
+            info = inspect_checkpoint(ckdir / LAST, expected_fingerprint)
+        except ConfigError as err:
+            log.warning("not adopting %s: %s", ckdir / LAST, err)
+            continue
+        candidates.append((info["global_step"], str(ckdir), ckdir))
+    if not candidates:
+        return None
+    step, _, src = max(candidates)
+    csv_src = src.parent / ("csv" + src.name[len(CKPT_DIR):])
+    for name in (CKPT_DIR, "csv"):  # what this run wrote here without saving a checkpoint
+        if (out / name).exists():
+            os.replace(out / name, _free_name(out / f"{name}.unsaved"))
+    out.mkdir(parents=True, exist_ok=True)
+    os.replace(src, checkpoint_dir(out))
+    if csv_src.is_dir():
+        os.replace(csv_src, out / "csv")
+    append_history(out, {"event": "adopted", "from": os.path.relpath(src, out), "step": step})
+    log.warning("this run's checkpoint (step %d) was in %s, another job dir of the sweep (a relaunch "
+                "with another grid numbers its jobs differently): moved here to resume", step, src)
+    return src
+
+
+def _read_history_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    out_rows = []
-    for ln in lines:
+    rows = []
+    for ln in path.read_text().splitlines():
+        if not ln.strip():
+            continue
         try:
-            out_rows.append(json.loads(ln))
+            rows.append(json.loads(ln))
         except json.JSONDecodeError:  # a line cut by a kill: skip it, keep the rest
             continue
-    return out_rows
+    return rows
+
+
+def read_history(out: Path) -> list[dict[str, Any]]:
+    return _read_history_file(checkpoint_dir(out) / HISTORY)
 
 
 def launches_of_this_run(out: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,10 @@ A multirun is restartable (README "Sweeps"):
 * a finished record is never overwritten by a different grid point: when a rerun with another
   grid (or order) lands on a job dir that holds one, it is first renamed to
   ``record.<run_id>.json`` in the same dir (the report reads those too).
+* a stopped run resumes whatever its job number: a relaunch with a narrower grid (the seed
+  planner launches only the missing points) numbers its jobs anew, so a run's ``last.ckpt``
+  can sit in another job dir; it is moved into the run's new dir before training
+  (:func:`csp_ablate.checkpoint.adopt_own_state`), so the run resumes instead of restarting.
 * ``force`` and ``report`` (the sweep's report spec) steer the sweep, not the experiment: they
   are removed from the job's config, so they never change a config hash or a W&B config.
 * a stopped sweep ends: ``kill -TERM -- -<pgid>`` kills the launcher at once, and each
@@ -207,7 +211,13 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
         displace_foreign_record(output_dir(cfg), chash, seed)
         from csp_ablate import checkpoint  # imports torch: only for a job that is about to train
 
-        checkpoint.set_aside_other_runs_state(output_dir(cfg), checkpoint.fingerprint(cfg))
+        out, fp = output_dir(cfg), checkpoint.fingerprint(cfg)
+        ck = cfg.get("checkpoint") or {}
+        adopt = ck.get("enabled", True) and str(ck.get("resume", "auto")).lower() in ("auto", "true", "yes", "on")
+        with checkpoint.sweep_state_lock(sweep_dir):
+            checkpoint.set_aside_other_runs_state(out, fp)
+            if adopt:  # a narrower relaunch numbers this run's job dir differently
+                checkpoint.adopt_own_state(out, sweep_dir, fp)
         return None
     rec = json.loads(done.read_text())
     line = (f"[csp_ablate] skipped: {rec.get('run_id')} already completed ({quality_text(rec)}) | "

@@ -239,6 +239,34 @@ def test_sweep_extended_into_the_same_dir_sets_other_grid_points_aside(tmp_path,
     assert sorted(runs["seed"]) == [0, 1, 2] and set(runs["status"]) == {"completed"}
 
 
+def test_narrower_relaunch_resumes_a_run_from_another_job_dir(tmp_path, data_override):
+    """Seeds 0,1; seed 1 stopped before its record (its last.ckpt is in job dir 1); relaunch
+    only `seed=1`: Hydra numbers it job 0. It must resume from dir 1's checkpoint, not start
+    over (Table 2's fourth launch restarted two runs so), and end with the same metrics."""
+    sweep_dir = tmp_path / "narrowed"
+    common = ("tier=smoke", "logger=csv", f"hydra.sweep.dir={sweep_dir}", *data_override)
+    first = run_cli("-m", "seed=0,1", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    job0, job1 = sweep_dir / "0", sweep_dir / "1"
+    stopped = json.loads((job1 / "record.json").read_text())
+    (job1 / "record.json").unlink()  # as if stopped during its final evaluation
+
+    second = run_cli("-m", "seed=1", *common)
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = second.stdout + second.stderr
+    assert "moved here to resume" in out and count_lines(second.stdout, "[csp_ablate] completed:") == 1
+    resumed = json.loads((job0 / "record.json").read_text())
+    assert resumed["seed"] == 1 and resumed["run_id"] == stopped["run_id"]
+    assert resumed["resumed_from_step"] == stopped["steps"] > 0  # not a fresh start
+    assert [launch["resumed_from_step"] for launch in resumed["launches"]] == [None, stopped["steps"]]
+    assert resumed["top1"] == stopped["top1"] and resumed["val_top1"] == stopped["val_top1"]
+    assert not (job1 / "checkpoints").exists() and (job0 / "checkpoints" / "last.ckpt").exists()
+    assert [json.loads(p.read_text())["seed"] for p in job0.glob("record.*.json")] == [0]  # kept
+    assert len(list(job0.glob("checkpoints.*/last.ckpt"))) == 1  # seed 0's, set aside
+    runs = pd.read_csv(sweep_dir / "runs.csv")
+    assert sorted(runs["seed"]) == [0, 1] and set(runs["status"]) == {"completed"}
+
+
 def _reap_group(proc: subprocess.Popen, grace_s: float = 10.0) -> bool:
     """Let the SIGTERMed sweep's workers finish saving their checkpoints (the launcher can exit
     first), then SIGKILL whatever is left of its process group (a worker being spawned while

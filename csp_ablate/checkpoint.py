@@ -32,10 +32,13 @@ finished ``record.json``. A single run (``hydra.run.dir``) keeps the clear error
 
 The same numbering moves a stopped run: relaunched with a narrower grid (only the missing
 seeds or rows, as the seed planner launches them), it gets another job dir than the one
-holding its ``last.ckpt``. :func:`adopt_own_state` brings that state home (the most advanced
-``last.ckpt`` of this fingerprint in any job dir of the sweep, set aside or not, with its
-``launches.jsonl`` and curves), so the run resumes instead of starting over. Before it did,
-Table 2's fourth launch restarted two runs stopped at steps 637 and 426 from scratch.
+holding its ``last.ckpt``. :func:`adopt_own_state` makes the run's own ``checkpoints/`` its most
+advanced state anywhere in the sweep dir (set aside or not, with its ``launches.jsonl`` and
+curves), so the run resumes instead of starting over. Before it did, Table 2's fourth launch
+restarted two runs stopped at steps 637 and 426 from scratch. A run restarted on purpose in a
+multirun (``force=true`` or ``checkpoint.resume=false``) renames its other states to
+``discarded.checkpoints.<fingerprint>`` (:func:`discard_other_states`), so a later relaunch never
+resumes what that launch threw away. All of these moves run under :func:`sweep_state_lock`.
 """
 
 from __future__ import annotations
@@ -339,28 +342,42 @@ def append_history(out: Path, entry: dict[str, Any]) -> None:
         fh.write(json.dumps({"at": now_iso(), "host": platform.node(), **entry}, default=str) + "\n")
 
 
+def _free_suffix(parent: Path, names: tuple[str, ...], base: str) -> str:
+    """``""``, ``".2"``, ``".3"``...: the first suffix for which ``<name><base><suffix>`` is free
+    for every name, so a run's ``checkpoints.X.n`` and ``csv.X.n`` keep one number (never overwrite)."""
+    n = 1
+    while True:
+        suffix = "" if n == 1 else f".{n}"
+        if not any((parent / f"{name}{base}{suffix}").exists() for name in names):
+            return suffix
+        n += 1
+
+
+def _move_state(src_parent: Path, src_suffix: str, dst_parent: Path, dst_suffix: str) -> list[Path]:
+    """Move ``checkpoints<src_suffix>`` and ``csv<src_suffix>`` (those present) as one pair."""
+    moved = []
+    for name in (CKPT_DIR, "csv"):
+        src = src_parent / f"{name}{src_suffix}"
+        if src.exists():
+            dst = dst_parent / f"{name}{dst_suffix}"
+            os.replace(src, dst)
+            moved.append(dst)
+    return moved
+
+
 def set_aside_other_runs_state(out: Path, expected_fingerprint: str) -> list[Path]:
     """Move ``checkpoints/`` and ``csv/`` of another experiment out of this job dir's way.
 
     "Another experiment" is what the last launch in ``checkpoints/launches.jsonl`` says; with no
-    history (nothing to go by) nothing moves and the resume check decides. Returns the new paths.
+    history (nothing to go by) nothing moves and the resume check decides. Both go to
+    ``<name>.<its fingerprint>[.n]`` with one shared ``n``. Returns the new paths.
     """
     out = Path(out)
-    starts = [h for h in read_history(out) if h.get("event") == "start" and h.get("fingerprint")]
-    if not starts or starts[-1]["fingerprint"] == expected_fingerprint:
+    other = _last_fingerprint(checkpoint_dir(out))
+    if other is None or other == expected_fingerprint:
         return []
-    other = starts[-1]["fingerprint"]
-    moved = []
-    for name in (CKPT_DIR, "csv"):
-        src = out / name
-        if not src.exists():
-            continue
-        dst, n = out / f"{name}.{other}", 1
-        while dst.exists():  # set aside before: never overwrite
-            n += 1
-            dst = out / f"{name}.{other}.{n}"
-        os.replace(src, dst)
-        moved.append(dst)
+    suffix = _free_suffix(out, (CKPT_DIR, "csv"), f".{other}")
+    moved = _move_state(out, "", out, f".{other}{suffix}")
     log.warning("job dir %s held the checkpoints of another experiment (fingerprint %s; this one is %s): "
                 "kept as %s", out, other, expected_fingerprint, ", ".join(p.name for p in moved))
     return moved
@@ -391,65 +408,100 @@ def sweep_state_lock(sweep_dir: Path) -> Iterator[None]:
 
 def _last_fingerprint(ckdir: Path) -> str | None:
     """The fingerprint of the last launch that started in this checkpoint dir (None: no history)."""
-    starts = [h for h in _read_history_file(ckdir / HISTORY) if h.get("event") == "start"]
-    return starts[-1].get("fingerprint") if starts else None
+    starts = [h for h in _read_history_file(ckdir / HISTORY) if h.get("event") == "start" and h.get("fingerprint")]
+    return starts[-1]["fingerprint"] if starts else None
 
 
-def _free_name(path: Path) -> Path:
-    """``path`` itself, or ``path.2``, ``path.3``...: the first name not taken (never overwrite)."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
+def _states_of(sweep_dir: Path, fp: str) -> list[tuple[Path, str]]:
+    """Every saved state of run ``fp`` in the sweep's job dirs: ``(job dir, suffix)`` of each
+    ``checkpoints<suffix>/last.ckpt``, from ``checkpoints/`` (last launch was ``fp``) or set aside
+    as ``checkpoints.<fp>[.n]/``. Discarded states (``discarded.checkpoints.*``) never match."""
+    found = []
+    for ckdir in sorted(Path(sweep_dir).glob(f"*/{CKPT_DIR}*")):
+        if not (ckdir / LAST).is_file():
+            continue
+        suffix = ckdir.name[len(CKPT_DIR):]
+        if suffix == "":
+            if _last_fingerprint(ckdir) != fp:
+                continue
+        elif not (suffix == f".{fp}" or suffix.startswith(f".{fp}.")):
+            continue
+        found.append((ckdir.parent, suffix))
+    return found
 
 
 def adopt_own_state(out: Path, sweep_dir: Path, expected_fingerprint: str) -> Path | None:
-    """Move this run's most advanced ``last.ckpt`` from another job dir of the sweep into ``out``.
+    """Make ``out/checkpoints/`` this run's most advanced saved state in the whole sweep dir.
 
-    Only when ``out`` has no ``last.ckpt`` of its own. Candidates are ``checkpoints/`` dirs whose
-    last launch was this fingerprint and ``checkpoints.<this fingerprint>[.n]/`` dirs set aside
-    by :func:`set_aside_other_runs_state`; each is checked with :func:`inspect_checkpoint` (a
-    corrupt one is named and left where it is). The whole dir moves (``launches.jsonl`` with it,
-    so the record's ``launches`` stay complete), with the matching ``csv`` dir; anything this
-    run left in ``out`` without a checkpoint is kept beside as ``<name>.unsaved``. The W&B files
-    of the earlier launches stay in their dir; the resumed launch continues the same W&B run.
-    Returns the dir the state came from, or None. Call it under :func:`sweep_state_lock`.
+    Candidates (:func:`_states_of`): this run's ``checkpoints/`` in any job dir, and its states set
+    aside by :func:`set_aside_other_runs_state` (``checkpoints.<fp>[.n]``, in ``out`` too), each
+    checked with :func:`inspect_checkpoint` (a corrupt one is named and left where it is). The
+    highest ``global_step`` wins; on a tie ``out``'s own ``checkpoints/`` stays. The winner moves
+    in as a whole (``launches.jsonl`` with it, so the record's ``launches`` stay complete) with
+    its ``csv`` dir of the same suffix; what ``out`` held before is kept beside, as
+    ``<name>.<fp>[.n]`` when it had a ``last.ckpt`` (a less advanced state), else as
+    ``<name>.unsaved[.n]``. The W&B files of the earlier launches stay in their dir; the resumed
+    launch continues the same W&B run. Returns the dir the state came from, or None (nothing
+    moved). Call it under :func:`sweep_state_lock`.
     """
     out, sweep_dir = Path(out), Path(sweep_dir)
-    if (checkpoint_dir(out) / LAST).exists():
-        return None
-    candidates: list[tuple[int, str, Path]] = []
-    for ckdir in sorted(sweep_dir.glob(f"*/{CKPT_DIR}*")):
-        if ckdir.parent == out or not (ckdir / LAST).is_file():
-            continue
-        if ckdir.name == CKPT_DIR:
-            if _last_fingerprint(ckdir) != expected_fingerprint:
-                continue
-        elif not (ckdir.name == f"{CKPT_DIR}.{expected_fingerprint}"
-                  or ckdir.name.startswith(f"{CKPT_DIR}.{expected_fingerprint}.")):
-            continue
+    fp = expected_fingerprint
+    candidates: list[tuple[int, int, Path, str]] = []
+    home = checkpoint_dir(out) / LAST
+    if home.is_file():
         try:
-            info = inspect_checkpoint(ckdir / LAST, expected_fingerprint)
+            candidates.append((inspect_checkpoint(home, fp)["global_step"], 1, out, ""))
+        except ConfigError:
+            return None  # the resume check stops the run naming this file and the ways out
+    for job_dir, suffix in _states_of(sweep_dir, fp):
+        if suffix == "" and job_dir.resolve() == out.resolve():
+            continue  # home, above
+        last = job_dir / f"{CKPT_DIR}{suffix}" / LAST
+        try:
+            step = inspect_checkpoint(last, fp)["global_step"]
         except ConfigError as err:
-            log.warning("not adopting %s: %s", ckdir / LAST, err)
+            log.warning("not adopting %s: %s", last, err)
             continue
-        candidates.append((info["global_step"], str(ckdir), ckdir))
+        candidates.append((step, 0, job_dir, suffix))
     if not candidates:
         return None
-    step, _, src = max(candidates)
-    csv_src = src.parent / ("csv" + src.name[len(CKPT_DIR):])
-    for name in (CKPT_DIR, "csv"):  # what this run wrote here without saving a checkpoint
-        if (out / name).exists():
-            os.replace(out / name, _free_name(out / f"{name}.unsaved"))
+    step, is_home, src_dir, src_suffix = max(candidates, key=lambda c: (c[0], c[1]))
+    if is_home:
+        return None
+    if checkpoint_dir(out).exists():  # this run's own, less advanced or never saved
+        own_saved = (checkpoint_dir(out) / LAST).is_file()
+        base = f".{fp}" if own_saved else ".unsaved"
+        _move_state(out, "", out, base + _free_suffix(out, (CKPT_DIR, "csv"), base))
     out.mkdir(parents=True, exist_ok=True)
-    os.replace(src, checkpoint_dir(out))
-    if csv_src.is_dir():
-        os.replace(csv_src, out / "csv")
+    src = src_dir / f"{CKPT_DIR}{src_suffix}"
+    _move_state(src_dir, src_suffix, out, "")
     append_history(out, {"event": "adopted", "from": os.path.relpath(src, out), "step": step})
-    log.warning("this run's checkpoint (step %d) was in %s, another job dir of the sweep (a relaunch "
-                "with another grid numbers its jobs differently): moved here to resume", step, src)
+    log.warning("this run's most advanced checkpoint (step %d) was %s (a relaunch with another grid "
+                "numbers its jobs differently): moved into %s to resume", step, src, checkpoint_dir(out))
     return src
+
+
+def discard_other_states(out: Path, sweep_dir: Path, expected_fingerprint: str) -> list[Path]:
+    """A run restarted on purpose (``checkpoint.resume=false`` or ``force=true`` in a multirun):
+    rename its saved states in other job dirs to ``discarded.checkpoints.<fp>[.n]`` (and the
+    matching ``csv``), so a later relaunch never adopts what this launch chose to throw away.
+    Kept on disk, never deleted. Call it under :func:`sweep_state_lock`."""
+    out, fp, moved = Path(out), expected_fingerprint, []
+    for job_dir, suffix in _states_of(sweep_dir, fp):
+        if job_dir.resolve() == out.resolve() and suffix == "":
+            continue  # the restarted run's own dir: overwritten by its fresh start
+        names = ("discarded." + CKPT_DIR, "discarded.csv")
+        dst_suffix = _free_suffix(job_dir, names, f".{fp}")
+        for name in (CKPT_DIR, "csv"):
+            src = job_dir / f"{name}{suffix}"
+            if src.exists():
+                dst = job_dir / f"discarded.{name}.{fp}{dst_suffix}"
+                os.replace(src, dst)
+                moved.append(dst)
+    if moved:
+        log.warning("restarting this run from scratch: its earlier saved state elsewhere in the sweep "
+                    "is kept as %s and will not be resumed", ", ".join(str(p) for p in moved))
+    return moved
 
 
 def _read_history_file(path: Path) -> list[dict[str, Any]]:

@@ -20,7 +20,10 @@ A multirun is restartable (README "Sweeps"):
 * a stopped run resumes whatever its job number: a relaunch with a narrower grid (the seed
   planner launches only the missing points) numbers its jobs anew, so a run's ``last.ckpt``
   can sit in another job dir; it is moved into the run's new dir before training
-  (:func:`csp_ablate.checkpoint.adopt_own_state`), so the run resumes instead of restarting.
+  (:func:`csp_ablate.checkpoint.adopt_own_state`: its most advanced state anywhere in the
+  sweep dir), so the run resumes instead of restarting. ``force=true`` (and
+  ``checkpoint.resume=false``) starts the run fresh and renames its other saved states to
+  ``discarded.checkpoints.<fingerprint>``, so no later relaunch resumes them.
 * ``force`` and ``report`` (the sweep's report spec) steer the sweep, not the experiment: they
   are removed from the job's config, so they never change a config hash or a W&B config.
 * a stopped sweep ends: ``kill -TERM -- -<pgid>`` kills the launcher at once, and each
@@ -212,12 +215,17 @@ def skip_if_done(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
         from csp_ablate import checkpoint  # imports torch: only for a job that is about to train
 
         out, fp = output_dir(cfg), checkpoint.fingerprint(cfg)
+        if force and cfg.get("checkpoint") is not None:  # retrain: never resume a saved state
+            with open_dict(cfg):
+                cfg.checkpoint.resume = False
         ck = cfg.get("checkpoint") or {}
-        adopt = ck.get("enabled", True) and str(ck.get("resume", "auto")).lower() in ("auto", "true", "yes", "on")
+        mode = str(ck.get("resume", "auto")).lower()
         with checkpoint.sweep_state_lock(sweep_dir):
             checkpoint.set_aside_other_runs_state(out, fp)
-            if adopt:  # a narrower relaunch numbers this run's job dir differently
-                checkpoint.adopt_own_state(out, sweep_dir, fp)
+            if ck.get("enabled", True) and mode in ("auto", "true", "yes", "on"):
+                checkpoint.adopt_own_state(out, sweep_dir, fp)  # a narrower relaunch renumbers jobs
+            elif ck.get("enabled", True) and mode in ("false", "no", "off", "never"):
+                checkpoint.discard_other_states(out, sweep_dir, fp)  # restarted on purpose
         return None
     rec = json.loads(done.read_text())
     line = (f"[csp_ablate] skipped: {rec.get('run_id')} already completed ({quality_text(rec)}) | "

@@ -210,6 +210,7 @@ def test_failed_job_is_isolated_and_rerun_resumes_then_force_reruns(tmp_path, ti
     assert count_lines(forced.stdout, "[csp_ablate] skipped:") == 0
     assert count_lines(forced.stdout, "[csp_ablate] completed:") == 1
     assert records(sweep_dir)[0]["started_at"] >= done_before["finished_at"]
+    assert records(sweep_dir)[0]["resumed_from_step"] is None  # retrained, not resumed from its final last.ckpt
     assert records(sweep_dir)[0]["config_hash"] == done_before["config_hash"]  # force is not part of the hash
 
 
@@ -242,7 +243,10 @@ def test_sweep_extended_into_the_same_dir_sets_other_grid_points_aside(tmp_path,
 def test_narrower_relaunch_resumes_a_run_from_another_job_dir(tmp_path, data_override):
     """Seeds 0,1; seed 1 stopped before its record (its last.ckpt is in job dir 1); relaunch
     only `seed=1`: Hydra numbers it job 0. It must resume from dir 1's checkpoint, not start
-    over (Table 2's fourth launch restarted two runs so), and end with the same metrics."""
+    over (Table 2's fourth launch restarted two runs so), and end with the same metrics. The run
+    stopped at its last step, so it resumes there and trains nothing more: this checks the move,
+    the resume and the record end to end; test_adopt.py covers which state wins, and
+    test_resume.py that a resume from mid-training ends bit-identical."""
     sweep_dir = tmp_path / "narrowed"
     common = ("tier=smoke", "logger=csv", f"hydra.sweep.dir={sweep_dir}", *data_override)
     first = run_cli("-m", "seed=0,1", *common)
@@ -261,6 +265,7 @@ def test_narrower_relaunch_resumes_a_run_from_another_job_dir(tmp_path, data_ove
     assert [launch["resumed_from_step"] for launch in resumed["launches"]] == [None, stopped["steps"]]
     assert resumed["top1"] == stopped["top1"] and resumed["val_top1"] == stopped["val_top1"]
     assert not (job1 / "checkpoints").exists() and (job0 / "checkpoints" / "last.ckpt").exists()
+    assert not (job1 / "csv").exists() and (job0 / "csv" / "metrics.csv").exists()  # its curves came along
     assert [json.loads(p.read_text())["seed"] for p in job0.glob("record.*.json")] == [0]  # kept
     assert len(list(job0.glob("checkpoints.*/last.ckpt"))) == 1  # seed 0's, set aside
     runs = pd.read_csv(sweep_dir / "runs.csv")

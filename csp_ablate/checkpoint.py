@@ -468,7 +468,7 @@ def adopt_own_state(out: Path, sweep_dir: Path, expected_fingerprint: str) -> Pa
     step, is_home, src_dir, src_suffix = max(candidates, key=lambda c: (c[0], c[1]))
     if is_home:
         return None
-    if checkpoint_dir(out).exists():  # this run's own, less advanced or never saved
+    if checkpoint_dir(out).exists() or (out / "csv").exists():  # this run's own: behind, or never saved
         own_saved = (checkpoint_dir(out) / LAST).is_file()
         base = f".{fp}" if own_saved else ".unsaved"
         _move_state(out, "", out, base + _free_suffix(out, (CKPT_DIR, "csv"), base))

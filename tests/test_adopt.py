@@ -127,3 +127,15 @@ def test_set_aside_gives_checkpoints_and_curves_one_number(tmp_path):
 
     assert sorted(p.name for p in moved) == [f"checkpoints.{B}.2", f"csv.{B}.2"]
     assert (out / f"csv.{B}.2" / "metrics.csv").read_text() == "second"
+
+
+def test_curves_left_without_a_checkpoint_are_kept_beside_the_adopted_state(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = sweep / "0"
+    (out / "csv").mkdir(parents=True)
+    (out / "csv" / "metrics.csv").write_text("a start that never saved")
+    save_state(sweep / "3" / "checkpoints", A, 200, curves="steps 0-200")
+
+    assert adopt_own_state(out, sweep, A) == sweep / "3" / "checkpoints"
+    assert (out / "csv" / "metrics.csv").read_text() == "steps 0-200"
+    assert (out / "csv.unsaved" / "metrics.csv").read_text() == "a start that never saved"

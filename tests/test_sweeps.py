@@ -258,7 +258,8 @@ def test_narrower_relaunch_resumes_a_run_from_another_job_dir(tmp_path, data_ove
     second = run_cli("-m", "seed=1", *common)
     assert second.returncode == 0, second.stderr[-3000:]
     out = second.stdout + second.stderr
-    assert "moved here to resume" in out and count_lines(second.stdout, "[csp_ablate] completed:") == 1
+    assert f"moved into {job0 / 'checkpoints'} to resume" in out
+    assert count_lines(second.stdout, "[csp_ablate] completed:") == 1
     resumed = json.loads((job0 / "record.json").read_text())
     assert resumed["seed"] == 1 and resumed["run_id"] == stopped["run_id"]
     assert resumed["resumed_from_step"] == stopped["steps"] > 0  # not a fresh start

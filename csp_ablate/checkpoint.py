@@ -353,13 +353,15 @@ def _free_suffix(parent: Path, names: tuple[str, ...], base: str) -> str:
         n += 1
 
 
-def _move_state(src_parent: Path, src_suffix: str, dst_parent: Path, dst_suffix: str) -> list[Path]:
-    """Move ``checkpoints<src_suffix>`` and ``csv<src_suffix>`` (those present) as one pair."""
+def _move_state(src_parent: Path, src_suffix: str, dst_parent: Path, dst_suffix: str,
+                dst_prefix: str = "") -> list[Path]:
+    """Move ``checkpoints<src_suffix>`` and ``csv<src_suffix>`` (those present) as one pair, to
+    ``<dst_prefix><name><dst_suffix>``."""
     moved = []
     for name in (CKPT_DIR, "csv"):
         src = src_parent / f"{name}{src_suffix}"
         if src.exists():
-            dst = dst_parent / f"{name}{dst_suffix}"
+            dst = dst_parent / f"{dst_prefix}{name}{dst_suffix}"
             os.replace(src, dst)
             moved.append(dst)
     return moved
@@ -490,14 +492,8 @@ def discard_other_states(out: Path, sweep_dir: Path, expected_fingerprint: str) 
     for job_dir, suffix in _states_of(sweep_dir, fp):
         if job_dir.resolve() == out.resolve() and suffix == "":
             continue  # the restarted run's own dir: overwritten by its fresh start
-        names = ("discarded." + CKPT_DIR, "discarded.csv")
-        dst_suffix = _free_suffix(job_dir, names, f".{fp}")
-        for name in (CKPT_DIR, "csv"):
-            src = job_dir / f"{name}{suffix}"
-            if src.exists():
-                dst = job_dir / f"discarded.{name}.{fp}{dst_suffix}"
-                os.replace(src, dst)
-                moved.append(dst)
+        dst_suffix = f".{fp}" + _free_suffix(job_dir, ("discarded." + CKPT_DIR, "discarded.csv"), f".{fp}")
+        moved += _move_state(job_dir, suffix, job_dir, dst_suffix, dst_prefix="discarded.")
     if moved:
         log.warning("restarting this run from scratch: its earlier saved state elsewhere in the sweep "
                     "is kept as %s and will not be resumed", ", ".join(str(p) for p in moved))

@@ -199,3 +199,26 @@ def test_report_scaling_base_sweep_runs_every_code_path(tmp_path):
     for r in recs:
         seeds.setdefault(r["config_hash"], set()).add(r["seed"])
     assert len(seeds) == len(ROWS) and min(len(s) for s in seeds.values()) >= 3
+
+
+def test_overhead_rate_is_the_step_period_after_the_start_step():
+    from benchmarks.bench_overhead import rate
+
+    ends = [10.0, 10.5, 11.0, 11.25, 11.5, 11.75]  # 2 slow warm-up steps, then 4 steps of 0.25 s
+    assert rate(ends, 2, 128) == pytest.approx(3 * 128 / 0.75)
+    with pytest.raises(ValueError, match="no step after index 5"):
+        rate(ends, 5, 128)
+
+
+def test_overhead_stamps_every_step_of_a_real_job(tmp_path):
+    """The stamping patch reaches the job's callbacks (else the benchmark would time nothing)."""
+    from benchmarks.bench_overhead import _compose, _stamping_callbacks
+    from csp_ablate.train import run
+
+    stamps: list[float] = []
+    cfg = _compose(f"output_dir={tmp_path}", "tier=smoke", "logger=none", "trainer.max_steps=3",
+                   "trainer.max_epochs=1", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
+                   "profile.fps=false", "trainer.enable_progress_bar=false")
+    with _stamping_callbacks(stamps):
+        run(cfg)
+    assert len(stamps) == 3 and stamps == sorted(stamps)

@@ -95,7 +95,7 @@ def test_overhead_verdict_is_the_median_with_its_spread():
 
     rows = [{"ratio": r, "framework_img_s": 1000.0, "hand_loop_img_s": 1050.0} for r in (0.97, 0.892, 0.98, 0.96, 0.99)]
     text = summarize(rows)
-    assert "median ratio 0.970 over 5 interleaved repeat(s), range 0.892-0.990, 1 below 0.95" in text
+    assert "median ratio 0.970 over 5 repeat(s), range 0.892-0.990, 1 below 0.95" in text
     assert text.endswith("pass)") and rows[0]["min_ratio"] == 0.892 and rows[0]["passed"]
     # two repeats below the target fail even with a median above it
     rows = [{"ratio": r, "framework_img_s": 1000.0, "hand_loop_img_s": 1050.0} for r in (0.97, 0.892, 0.98, 0.93, 0.99)]
@@ -201,24 +201,31 @@ def test_report_scaling_base_sweep_runs_every_code_path(tmp_path):
     assert len(seeds) == len(ROWS) and min(len(s) for s in seeds.values()) >= 3
 
 
-def test_overhead_rate_is_the_step_period_after_the_start_step():
-    from benchmarks.bench_overhead import rate
+def test_overhead_pairs_each_job_step_with_the_hand_step_after_it():
+    from benchmarks.bench_overhead import paired_ratio
 
-    ends = [10.0, 10.5, 11.0, 11.25, 11.5, 11.75]  # 2 slow warm-up steps, then 4 steps of 0.25 s
-    assert rate(ends, 2, 128) == pytest.approx(3 * 128 / 0.75)
-    with pytest.raises(ValueError, match="no step after index 5"):
-        rate(ends, 5, 128)
+    # job steps end at these times; after each, a hand step of 0.2 s runs inside the job's callback
+    ends = [10.0, 11.0, 11.45, 11.9, 12.35]  # step 1 slow (warm-up); then 0.2 s hand + 0.25 s job each
+    hand = [0.5, 0.2, 0.2, 0.2, 0.2]
+    r = paired_ratio(ends, hand, 1, 128)
+    assert r["framework_img_s"] == pytest.approx(3 * 128 / 0.75)  # the hand steps are not the job's time
+    assert r["hand_loop_img_s"] == pytest.approx(3 * 128 / 0.6)
+    assert r["ratio"] == pytest.approx(0.6 / 0.75)
+    with pytest.raises(ValueError, match="no pair after index 4"):
+        paired_ratio(ends, hand, 4, 128)
 
 
-def test_overhead_stamps_every_step_of_a_real_job(tmp_path):
-    """The stamping patch reaches the job's callbacks (else the benchmark would time nothing)."""
-    from benchmarks.bench_overhead import _compose, _stamping_callbacks
+def test_overhead_pairs_every_step_of_a_real_job(tmp_path):
+    """The pairing patch reaches the job's callbacks (else the benchmark would time nothing)."""
+    from benchmarks.bench_overhead import _compose, _paired_callbacks
     from csp_ablate.train import run
 
-    stamps: list[float] = []
+    ends: list[float] = []
+    hand: list[float] = []
     cfg = _compose(f"output_dir={tmp_path}", "tier=smoke", "logger=none", "trainer.max_steps=3",
                    "trainer.max_epochs=1", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
                    "profile.fps=false", "trainer.enable_progress_bar=false")
-    with _stamping_callbacks(stamps):
-        run(cfg)
-    assert len(stamps) == 3 and stamps == sorted(stamps)
+    with _paired_callbacks(cfg, ends, hand):
+        record = run(cfg)
+    assert len(ends) == len(hand) == 3 and ends == sorted(ends) and all(h > 0 for h in hand)
+    assert record["top1"] is not None

@@ -204,13 +204,13 @@ def test_report_scaling_base_sweep_runs_every_code_path(tmp_path):
 def test_overhead_pairs_each_job_step_with_the_hand_step_after_it():
     from benchmarks.bench_overhead import paired_ratio
 
-    # job steps end at these times; after each, a hand step of 0.2 s runs inside the job's callback
-    ends = [10.0, 11.0, 11.45, 11.9, 12.35]  # step 1 slow (warm-up); then 0.2 s hand + 0.25 s job each
-    hand = [0.5, 0.2, 0.2, 0.2, 0.2]
+    # job steps end at these times; after each, a hand step runs inside the job's callback
+    hand = [0.5, 0.1, 0.2, 0.3, 0.4]  # distinct: the sums must take the hand steps between the periods
+    ends = [10.0, 11.0, 11.35, 11.8, 12.35]  # step 1 slow (warm-up); then 0.25 s of job per step
     r = paired_ratio(ends, hand, 1, 128)
-    assert r["framework_img_s"] == pytest.approx(3 * 128 / 0.75)  # the hand steps are not the job's time
-    assert r["hand_loop_img_s"] == pytest.approx(3 * 128 / 0.6)
-    assert r["ratio"] == pytest.approx(0.6 / 0.75)
+    assert r["framework_img_s"] == pytest.approx(3 * 128 / 0.75)  # 12.35 - 11.0 - (0.1 + 0.2 + 0.3)
+    assert r["hand_loop_img_s"] == pytest.approx(3 * 128 / 0.9)  # the hand steps after steps 2, 3, 4
+    assert r["ratio"] == pytest.approx(0.9 / 0.75)
     with pytest.raises(ValueError, match="no pair after index 4"):
         paired_ratio(ends, hand, 4, 128)
 

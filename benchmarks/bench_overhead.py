@@ -18,11 +18,11 @@ the two cores (psutil, per process and thread). The img/s figures are those of t
 alternating, not the speed of either alone.
 
 Why paired: the earlier methods ran each side as a whole run, ~0.5-1.5 min apart. On this host
-one configuration's speed drifted by up to ±15 % between such blocks (2026-11-30: the same hand
-loop read 405-514 img/s). So the blocks' ratios spread 0.905-0.989 (rate difference of a 20-
+one configuration's speed drifted by up to ±15 % between such blocks (2026-11-30, in 11 minutes: the
+same hand loop 405-488 img/s, the job 395-514). So the blocks' ratios spread 0.905-0.989 (rate difference of a 20-
 and a 220-step run, 5 repeats) and 0.887-1.201 (step periods of whole 120-step runs, 9
-repeats) around an effect of ~1 %: Lightning's SimpleProfiler put the loop's own cost at ~3 ms
-of a ~246 ms step. Neither spread can tell a 5 % overhead from noise. The target and the verdict
+repeats) around an effect of a few %: Lightning's SimpleProfiler put the loop's own cost at ~3 ms
+of a ~246 ms step, and this paired method read a median of 0.975 (0.972-0.990). Neither spread can tell a 5 % overhead from noise. The target and the verdict
 rule are unchanged.
 
 Target (issue 8): ratio >= 0.95. Repeats: 5 jobs in a full run (1 in quick mode). The verdict

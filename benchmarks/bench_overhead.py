@@ -128,8 +128,6 @@ def _paired_callbacks(cfg, job_ends: list[float], hand_s: list[float]):
 
 def paired_job(steps: int, out: str) -> tuple[list[float], list[float]]:
     """One proxy job of ``steps`` steps with a hand step after each; (job step ends, hand step times)."""
-    import os
-
     from csp_ablate.train import run
 
     cfg = _compose(f"output_dir={out}", f"trainer.max_steps={steps}", "trainer.limit_val_batches=0",

@@ -46,6 +46,27 @@ def make_fmnist_like(root: Path, n_train: int = 1200, n_test: int = 300, seed: i
     return root
 
 
+#: where a run lands when a test forgets ``hydra.run.dir`` / ``hydra.sweep.dir`` (or W&B's ``dir``)
+CLONE_OUTPUTS = ("results/runs", "results/multirun", "results/smoke", "outputs", "multirun", "wandb",
+                 "lightning_logs")
+
+
+def _entries(paths: list[Path]) -> set[Path]:
+    return {entry for path in paths if path.is_dir() for entry in path.iterdir()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clone_outputs_untouched():
+    """Every test writes its runs under its own ``tmp_path``: a user who runs the tests keeps a clean
+    ``results/runs`` (three error tests once left failed records there), and each test's files go
+    when it passes (``tmp_path_retention_policy = "failed"``) instead of filling the disk."""
+    watched = [REPO / rel for rel in CLONE_OUTPUTS]
+    before = _entries(watched)
+    yield
+    added = sorted(str(entry.relative_to(REPO)) for entry in _entries(watched) - before)
+    assert not added, f"tests wrote into the clone: {added}; give the run hydra.run.dir=<tmp_path>"
+
+
 @pytest.fixture(scope="session")
 def tiny_fmnist(tmp_path_factory) -> Path:
     return make_fmnist_like(tmp_path_factory.mktemp("fmnist"))

@@ -236,8 +236,9 @@ def test_figure7_detection_profile_writes_tables_and_the_cut(tmp_path):
         (["extras=[sam]"], r"applies to task=detection only"),
     ],
 )
-def test_bad_detection_input_is_one_clear_error(args, pattern):
-    proc = run_cli(*args, "logger=none", "tier=smoke", timeout=120)
+def test_bad_detection_input_is_one_clear_error(args, pattern, tmp_path):
+    # the run dir is the test's own: a failed record must not land in the clone's results/runs
+    proc = run_cli(*args, "logger=none", "tier=smoke", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
     assert proc.returncode != 0
     err = proc.stderr + proc.stdout
     assert "Traceback" not in err

@@ -101,6 +101,8 @@ def test_busy_sweep_fps_is_kept_in_runs_but_never_shown(table2_dir):
     assert "not measured quietly" in md and f"python -m csp_ablate.profile sweep_dir={table2_dir}" in md
     claims = pd.read_csv(table2_dir / "claims.csv").set_index("claim")
     assert claims.loc["efm_vs_gfm_fps", "verdict"] == "inconclusive" and claims.loc["efm_vs_gfm_fps", "n"] == 0
+    assert (table["fps_source"] == "not measured quietly").all()
+    assert table[["fps_device", "fps_threads", "fps_batch", "fps_rounds"]].isna().all().all()
 
 
 def test_quiet_fps_states_device_threads_batch(table2_dir):
@@ -108,6 +110,25 @@ def test_quiet_fps_states_device_threads_batch(table2_dir):
     md = (table2_dir / "table2.md").read_text()
     assert "measured quietly" in md and "device cpu, 2 thread(s), batch 1, 320 px" in md
     assert "over 3 interleaved rounds" in md and "testhost" in md
+    # the CSV alone says it too, per row (table2.csv once showed fps with no settings)
+    table = pd.read_csv(table2_dir / "table2.csv")
+    assert (table["fps_source"] == "fps.csv").all() and (table["fps_device"] == "cpu").all()
+    assert (table["fps_threads"] == 2).all() and (table["fps_batch"] == 1).all() and (table["fps_img_size"] == 320).all()
+    assert (table["fps_rounds"] == 3).all() and (table["fps_host"] == "testhost").all()
+    assert (table["fps_measured_at"] == "2026-01-02T10:00:00+00:00").all()
+
+
+def test_each_row_names_its_own_fps_settings(table2_dir):
+    """A row measured at other settings, or not at all, says so in its own cells."""
+    fps = pd.read_csv(table2_dir / "fps.csv")
+    fps.loc[fps["config_hash"] == "h-efm", "fps_threads"] = 1
+    fps.loc[(fps["config_hash"] == "h-efm") & (fps["round"] == 2), "fps_threads"] = 12
+    fps[fps["config_hash"] != "h-gfm"].to_csv(table2_dir / "fps.csv", index=False)
+    build_report(table2_dir)
+    table = pd.read_csv(table2_dir / "table2.csv", dtype={"fps_threads": str}).set_index("row")
+    assert table.loc["efm", "fps_threads"] == "1/12" and table.loc["prn", "fps_threads"] == "2"
+    assert table.loc["gfm", "fps_source"] == "not measured quietly" and pd.isna(table.loc["gfm", "fps_threads"])
+    assert pd.isna(table.loc["gfm", "fps_mean"]) and table.loc["efm", "fps_rounds"] == 3
 
 
 def test_an_fps_claim_names_the_row_fps_csv_lacks(table2_dir):
@@ -131,7 +152,8 @@ EXPECTED_COLUMNS = [
     "paper_params_m", "paper_bflops", "paper_bflops_delta_pct_vs_gfm", "paper_bflops_delta_pct_vs_efm",
     *[f"paper_{m}{c}" for m in ("ap", "ap50", "fps") for c in ("", "_delta_vs_gfm", "_delta_vs_efm")],
     "paper_delta_vs", "paper_ap_delta_stated", "paper_ap50_delta_stated", "paper_fps_delta_stated",
-    "note",
+    "note", "fps_source", "fps_device", "fps_threads", "fps_batch", "fps_img_size", "fps_measured_at", "fps_host",
+    "fps_rounds",
 ]
 
 

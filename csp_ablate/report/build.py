@@ -11,7 +11,8 @@ import pandas as pd
 from csp_ablate.atomic import write_csv_atomic, write_text_atomic
 from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
 from csp_ablate.report.provenance import launches_as_json, provenance_table
-from csp_ablate.report.quiet_fps import fps_note, fps_runs, load_quiet_fps, mark_unmeasured, without_sweep_fps
+from csp_ablate.report.quiet_fps import (fps_note, fps_runs, load_quiet_fps, mark_unmeasured, with_fps_settings,
+                                         without_sweep_fps)
 from csp_ablate.report.records import runs_frame, sweep_command, sweep_name
 from csp_ablate.report.spec import ReportSpec, load_spec
 from csp_ablate.report.tables import assign_rows, claims_table, paper_table, summary_table, variance_checks
@@ -81,10 +82,16 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         table_runs = without_sweep_fps(runs)
         frames = {"fps": fps_runs(runs, quiet)} if quiet is not None else {}
         report.table = paper_table(table_runs, spec, reference, frames)
+        has_fps = "fps" in [*spec.metrics, *spec.extra_metrics]
+        md_table = report.table
+        if has_fps:  # the CSV says how each row's fps was measured; the markdown says it once (fps_note)
+            done = runs[runs["status"] == "completed"].drop_duplicates("config_hash")
+            row_of_config = pd.Series(assign_rows(done, spec).to_numpy(), index=done["config_hash"].to_numpy())
+            report.table = with_fps_settings(report.table, quiet, row_of_config)
         out.append(write_csv_atomic(sweep_dir / f"{spec.table}.csv", report.table, float_format=FLOAT_FORMAT))
-        fps_text = fps_note(quiet, sweep_dir) if "fps" in [*spec.metrics, *spec.extra_metrics] else None
+        fps_text = fps_note(quiet, sweep_dir) if has_fps else None
         out.append(write_text_atomic(sweep_dir / f"{spec.table}.md",
-                                     paper_table_md(report.table, spec, runs, command, fps_text)))
+                                     paper_table_md(md_table, spec, runs, command, fps_text)))
         if spec.claims:
             report.claims = claims_table(table_runs, spec, metric_frames=frames)
             quiet_rows = frames.get("fps")

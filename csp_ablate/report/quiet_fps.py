@@ -59,6 +59,45 @@ def fps_runs(runs: pd.DataFrame, quiet: pd.DataFrame) -> pd.DataFrame:
     return rows[runs.columns]
 
 
+#: how a row's quiet fps was measured, as table columns (``fps.csv`` column -> table column)
+FPS_SETTINGS = {"fps_device": "fps_device", "fps_threads": "fps_threads", "fps_batch": "fps_batch",
+                "img_size": "fps_img_size", "measured_at": "fps_measured_at", "host": "fps_host"}
+
+
+def with_fps_settings(table: pd.DataFrame, quiet: pd.DataFrame | None, row_of_config: pd.Series) -> pd.DataFrame:
+    """``table`` plus, per row, how its fps cells were measured, so the CSV alone says it (the
+    markdown says it in ``fps_note``): ``fps_source``, the settings of ``FPS_SETTINGS`` (distinct
+    values joined by ``/``; the first ``measured_at``) and ``fps_rounds``. ``row_of_config``: the
+    table row of each configuration (index ``config_hash``). A row without quiet rounds gets
+    ``fps_source`` = "not measured quietly" and empty settings."""
+    out = table.copy()
+    out["fps_source"] = "not measured quietly"
+    for col in (*FPS_SETTINGS.values(), "fps_rounds"):
+        out[col] = pd.NA
+    if quiet is None:
+        return out
+    measured = quiet.assign(row=quiet["config_hash"].map(row_of_config)).dropna(subset=["row"])
+    for row_id, rounds in measured.groupby("row"):
+        at = out.index[out["row"] == row_id]
+        out.loc[at, "fps_source"] = FPS_CSV
+        for src, col in FPS_SETTINGS.items():
+            if src not in rounds:
+                continue
+            values = rounds[src].dropna().astype(str)
+            text = values.min() if src == "measured_at" else "/".join(sorted(set(values), key=_natural))
+            out.loc[at, col] = text or pd.NA
+        out.loc[at, "fps_rounds"] = int(rounds["round"].nunique())
+    return out
+
+
+def _natural(value: str) -> tuple[float, str]:
+    """Sort "2" before "10"."""
+    try:
+        return float(value), value
+    except ValueError:
+        return math.inf, value
+
+
 def fps_note(quiet: pd.DataFrame | None, sweep_dir: Path | str) -> str:
     """The sentence on how the table's fps was measured (or that it was not)."""
     if quiet is None:

@@ -194,6 +194,28 @@ def test_made_by_command_names_no_absolute_output_dir(tmp_path, monkeypatch):
     assert command("hydra.sweep.dir=multirun/x").endswith(" hydra.sweep.dir=multirun/x")  # relative: as given
 
 
+def test_made_by_names_the_launch_log_when_the_sweep_dir_has_one(table1_dir):
+    """A committed sweep keeps no multirun.yaml but a COMMAND.md of every launch: its tables say so
+    (rebuilt there, they once lost their "Made by" line; with only multirun.yaml they named the last
+    launch's command as if it had made the whole sweep)."""
+    def made_by() -> list[str]:
+        build_report(table1_dir)
+        return [line for name in ("table1.md", "summary.md")
+                for line in (table1_dir / name).read_text().splitlines() if line.startswith("Made by")]
+
+    assert made_by() == []  # neither file: nothing to say
+    multirun = {"hydra": {"runtime": {"cwd": str(REPO)}, "overrides": {"task": ["sweep=table1", "seed=0,1"], "hydra": []}}}
+    (table1_dir / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    assert made_by() == ["Made by: `python -m csp_ablate -m sweep=table1 seed=0,1` (then `python -m csp_ablate.report "
+                         "<sweep dir>` rebuilds it from the records)."] * 2
+    (table1_dir / "COMMAND.md").write_text("# How this was made\n")
+    both = made_by()
+    assert len(both) == 2 and all(line.startswith("Made by: the launches in COMMAND.md") for line in both)
+    assert all("the last launch was `python -m csp_ablate -m sweep=table1 seed=0,1`" in line for line in both)
+    (table1_dir / "multirun.yaml").unlink()
+    assert all("COMMAND.md" in line and "last launch" not in line for line in made_by())
+
+
 # ---- atomic writes ----------------------------------------------------------------------
 def test_atomic_csv_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = write_csv_atomic(tmp_path / "runs.csv", pd.DataFrame({"a": [1, 2]}))

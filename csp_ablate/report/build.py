@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from csp_ablate.atomic import write_csv_atomic, write_text_atomic
-from csp_ablate.report.markdown import claims_md, paper_table_md, summary_md
+from csp_ablate.report.markdown import LAUNCH_LOG, claims_md, paper_table_md, summary_md
 from csp_ablate.report.provenance import launches_as_json, provenance_table
 from csp_ablate.report.quiet_fps import (fps_note, fps_runs, load_quiet_fps, mark_unmeasured, with_fps_settings,
                                          without_sweep_fps)
@@ -64,6 +64,7 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         raise FileNotFoundError(f"no record.json under {sweep_dir}/*/ (is it a Hydra sweep dir?)")
     name = sweep_name(runs)
     command = sweep_command(sweep_dir)
+    launch_log = (sweep_dir / LAUNCH_LOG).is_file()
     if spec is None:
         spec = load_spec(spec_name or name)
     report = Report(sweep_dir=sweep_dir, sweep=name, spec=spec, runs=runs, summary=summary_table(runs))
@@ -73,7 +74,7 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
     out.append(write_csv_atomic(sweep_dir / "provenance.csv", provenance))
     out.append(write_csv_atomic(sweep_dir / "summary.csv", report.summary, float_format=FLOAT_FORMAT))
     title = f"Summary of sweep {name}" if name else "Summary of an ad-hoc multirun"
-    out.append(write_text_atomic(sweep_dir / "summary.md", summary_md(report.summary, runs, title, command)))
+    out.append(write_text_atomic(sweep_dir / "summary.md", summary_md(report.summary, runs, title, command, launch_log)))
     if spec is not None:
         from csp_ablate.reference import load_reference
 
@@ -91,7 +92,7 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         out.append(write_csv_atomic(sweep_dir / f"{spec.table}.csv", report.table, float_format=FLOAT_FORMAT))
         fps_text = fps_note(quiet, sweep_dir) if has_fps else None
         out.append(write_text_atomic(sweep_dir / f"{spec.table}.md",
-                                     paper_table_md(md_table, spec, runs, command, fps_text)))
+                                     paper_table_md(md_table, spec, runs, command, fps_text, launch_log)))
         if spec.claims:
             report.claims = claims_table(table_runs, spec, metric_frames=frames)
             quiet_rows = frames.get("fps")

@@ -61,8 +61,20 @@ def describe_runs(runs: pd.DataFrame) -> str:
     return " · ".join(parts)
 
 
-def command_lines(command: str | None) -> list[str]:
-    return ["", f"Made by: `{command}` (then `python -m csp_ablate.report <sweep dir>` rebuilds it from the records)."] if command else []
+#: a sweep dir's hand-written launch log (committed sweeps have one): every launch, its commit, wall
+#: time and what it resumed; a multi-launch sweep's last command alone does not say how it was made
+LAUNCH_LOG = "COMMAND.md"
+REBUILD = "`python -m csp_ablate.report <sweep dir>` rebuilds it from the records"
+
+
+def command_lines(command: str | None, launch_log: bool = False) -> list[str]:
+    """The "Made by" line: the launch log when the sweep dir has one (then the last launch's
+    command, from Hydra's multirun.yaml, if that is there too), else that command, else nothing."""
+    if launch_log:
+        last = f"; the last launch was `{command}`" if command else ""
+        return ["", f"Made by: the launches in {LAUNCH_LOG} (each with its commit, wall time and what it resumed)"
+                    f"{last}; {REBUILD}."]
+    return ["", f"Made by: `{command}` (then {REBUILD})."] if command else []
 
 
 AXIS_HEADERS = {"gamma": "γ", "fusion": "fusion", "activation": "act.", "neck": "neck", "extras": "extras"}
@@ -82,7 +94,7 @@ def _metric_label(metric: str) -> str:
 
 
 def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, command: str | None = None,
-                   fps_text: str | None = None) -> str:
+                   fps_text: str | None = None, launch_log: bool = False) -> str:
     """The paper-shaped table; ``fps_text`` (csp_ablate.report.quiet_fps.fps_note) says how the
     fps column was measured, or that it was not."""
     labels = {r.id: r.label for r in spec.rows}
@@ -132,7 +144,7 @@ def paper_table_md(table: pd.DataFrame, spec: ReportSpec, runs: pd.DataFrame, co
         f"**{spec.title}** (ours beside the paper's)",
         "",
         _table_intro(spec, runs, base_labels, fps_text),
-        *command_lines(command),
+        *command_lines(command, launch_log),
         "",
         to_md(view),
     ]
@@ -222,7 +234,8 @@ def claims_md(claims: pd.DataFrame, spec: ReportSpec,
     return "\n".join([*lines, "", to_md(view), ""])
 
 
-def summary_md(summary: pd.DataFrame, runs: pd.DataFrame, title: str, command: str | None = None) -> str:
+def summary_md(summary: pd.DataFrame, runs: pd.DataFrame, title: str, command: str | None = None,
+               launch_log: bool = False) -> str:
     axes = [c for c in ("task", "dataset", "model", "gamma", "fusion", "neck", "extras", "activation",
                         "tier", "img_size", "epochs") if c in summary]
     varying = [c for c in axes if summary[c].astype("string").nunique(dropna=False) > 1] or ["model"]
@@ -248,7 +261,7 @@ def summary_md(summary: pd.DataFrame, runs: pd.DataFrame, title: str, command: s
         f"**{title}**: one row per configuration (config hash), {describe_runs(runs)}.",
         f"Same for every row: {fixed}." if fixed else "",
         f"{'AP, AP50' if has_ap and not has_top1 else 'top-1'}: mean ± 95 % t-interval half-width over the completed seeds.",
-        *command_lines(command),
+        *command_lines(command, launch_log),
         "",
         to_md(view),
         "",

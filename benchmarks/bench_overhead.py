@@ -3,10 +3,11 @@
 Same model, data pipeline, optimiser and LR schedule (:func:`csp_ablate.tasks.optim.sgd_with_schedule`),
 batch size, threads and precision. **Paired by step:** the job runs as
 the CLI runs it (``train.run``, proxy tier, W&B offline as configured by default, progress bar),
-and a callback added to its callbacks (:func:`_paired_callbacks`) runs one step of a hand-written
-loop (its own copy of the model, optimiser and data) after each of the job's steps. So the two
-alternate every ~0.25 s and the host's drift hits both alike. The job's step period is the time
-between two of its step ends minus the hand step in between; it holds everything the job does
+and a callback added by its config (``+callbacks.paired_hand_step._target_=...``, as a user
+adds any Lightning callback; :class:`PairedHandStep`) runs one step of a hand-written loop (its
+own copy of the model, optimiser and data) after each of the job's steps. So the two alternate
+every ~0.25 s and the host's drift hits both alike. The job's step period is the time between
+two of its step ends minus the hand step in between; it holds everything the job does
 per step or every few steps (Lightning's loop and hooks, ``self.log``, the progress bar's refresh
 every 20 steps, logging every 50, the LR scheduler, the loss check). Start-up and the final
 checkpoint are outside it by construction. Ratio = the hand loop's total step time over the job's
@@ -34,7 +35,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from unittest import mock
+
+import lightning as L
 
 from benchmarks.common import QUICK, REPO, write_result
 
@@ -107,38 +109,44 @@ def paired_ratio(job_ends: list[float], hand_s: list[float], start: int, batch: 
             "ratio": hand_total / job_s}
 
 
-def _paired_callbacks(cfg, job_ends: list[float], hand_s: list[float]):
-    """The job's own callbacks plus one that stamps each step's end and then runs a hand step."""
-    import lightning as L
-
-    from csp_ablate import checkpoint as ckpt
-
-    class PairedHandStep(L.Callback):
-        def on_train_start(self, trainer, pl_module) -> None:
-            self.hand = HandLoop(cfg, trainer.max_steps)  # built after the job set its threads; outside every period
-            self.hand.step()  # its warm-up, outside the periods too
-
-        def on_train_batch_end(self, *args, **kwargs) -> None:
-            job_ends.append(time.perf_counter())
-            hand_s.append(self.hand.step())
-
-    own = ckpt.build_callbacks
-    return mock.patch.object(ckpt, "build_callbacks", lambda *a, **k: [*own(*a, **k), PairedHandStep()])
+#: what the job's PairedHandStep reads and fills: set by :func:`paired_job` (one job at a time)
+PAIRING: dict = {}
+#: the overrides that add it to a job, as a user adds any Lightning callback (conf/callbacks/)
+PAIRED_CALLBACK = "+callbacks.paired_hand_step._target_=benchmarks.bench_overhead.PairedHandStep"
 
 
-def paired_job(steps: int, out: str) -> tuple[list[float], list[float]]:
-    """One proxy job of ``steps`` steps with a hand step after each; (job step ends, hand step times)."""
+class PairedHandStep(L.Callback):
+    """Stamps each job step's end, then runs one hand-loop step. The job instantiates it from its
+    own config (:data:`PAIRED_CALLBACK`); the hand loop's config and the two buffers come from
+    :data:`PAIRING`, since a config holds no live objects."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.job_ends, self.hand_s = PAIRING["job_ends"], PAIRING["hand_s"]
+        self.hand = HandLoop(PAIRING["cfg"], trainer.max_steps)  # after the job set its threads; outside every period
+        self.hand.step()  # its warm-up, outside the periods too
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        self.job_ends.append(time.perf_counter())
+        self.hand_s.append(self.hand.step())
+
+
+def paired_job(steps: int, out: str, *overrides: str) -> tuple[list[float], list[float]]:
+    """One proxy job of ``steps`` steps with a hand step after each; (job step ends, hand step times).
+    ``overrides``: more of the job's config (the tests' smoke tier)."""
     from csp_ablate.train import run
 
     cfg = _compose(f"output_dir={out}", f"trainer.max_steps={steps}", "trainer.limit_val_batches=0",
-                   "trainer.limit_test_batches=1", "profile.fps=false")
+                   "trainer.limit_test_batches=1", "profile.fps=false", *overrides, PAIRED_CALLBACK)
     job_ends: list[float] = []
     hand_s: list[float] = []
-    with _paired_callbacks(cfg, job_ends, hand_s):
+    PAIRING.update(cfg=cfg, job_ends=job_ends, hand_s=hand_s)  # the hand loop ignores `callbacks`
+    try:
         run(cfg)
-    if len(job_ends) != steps:  # the patch no longer reaches the job's callbacks: say so, never time nothing
-        raise RuntimeError(f"paired {len(job_ends)} of {steps} steps: train.run no longer builds its callbacks "
-                           "through csp_ablate.checkpoint.build_callbacks")
+    finally:
+        PAIRING.clear()
+    if len(job_ends) != steps:  # the callback did not see every step: say so, never time nothing
+        raise RuntimeError(f"paired {len(job_ends)} of {steps} steps: the job did not run its "
+                           f"callbacks.paired_hand_step on every step")
     return job_ends, hand_s
 
 

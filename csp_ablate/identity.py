@@ -75,6 +75,10 @@ RESULT: tuple[str, ...] = (
     "trainer.channels_last", "trainer.compile",
     # cost columns of the record are counted at this input
     "profile.paper_img_size", "profile.paper_num_classes",
+    # extra Lightning callbacks (conf/callbacks/): one can stop a run early or average its weights;
+    # an empty group is left out of the tree (:func:`result_config`), so runs without any keep the
+    # hashes they had before the group existed
+    "callbacks.*",
     # CPU threads change the reduction order of convolutions (resolved before hashing)
     "threads",
 )
@@ -116,6 +120,8 @@ def result_config(cfg: DictConfig, with_seed: bool) -> dict[str, Any]:
 
     tree = OmegaConf.to_container(cfg, resolve=False)
     _drop(tree)
+    if not tree.get("callbacks"):  # no extra callback: the identity of every run made before the group
+        tree.pop("callbacks", None)
     if not with_seed:
         tree.pop("seed", None)
     # resolve what is left (top-level axes interpolated into model.*) without Hydra's resolvers

@@ -96,6 +96,24 @@ class _WandbIdToHistory(L.Callback):
             ckpt.append_history(self.out, {"event": "wandb", "wandb_run_id": run_id})
 
 
+def build_extra_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The run's ``callbacks`` group (conf/callbacks/), each entry instantiated by its ``_target_``,
+    in the order given; they run after the project's own callbacks. The shape (a mapping with a
+    ``_target_``) was checked before anything heavy was imported (csp_ablate.validate)."""
+    extra: list[L.Callback] = []
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        try:
+            callback = instantiate(spec)
+        except Exception as err:  # a bad _target_ or argument: name the entry, not Hydra's stack
+            raise ConfigError(f"callbacks.{name}: cannot instantiate {spec.get('_target_')!r}: "
+                              f"{type(err).__name__}: {err}") from err
+        if not isinstance(callback, L.Callback):
+            raise ConfigError.bad_value(f"callbacks.{name}._target_", spec.get("_target_"),
+                                        "a lightning.pytorch.Callback class")
+        extra.append(callback)
+    return extra
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the record written to ``record.json``."""
     with ProcessGroupScope():  # a sequential multirun's next DDP job starts from a clean slate
@@ -147,6 +165,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         prior_time = float((resumed or {}).get("stamp", {}).get("train_time_s") or 0.0)
         stamp = {"fingerprint": fingerprint, "run_id": record["run_id"], "config_hash": record["config_hash"]}
 
+        extra_callbacks = build_extra_callbacks(cfg)  # a bad one fails here, before W&B opens a run
         logger = build_logger(cfg, record, early=early, resume_step=resumed["global_step"] if resumed else None)
         run_ids = [h["wandb_run_id"] for h in history if h.get("wandb_run_id")]
         if resumed is not None and run_ids:  # a resumed run logs into the same W&B run
@@ -164,6 +183,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         callbacks += ck_callbacks
         if wandb_logger(logger) is not None and ck_callbacks:
             callbacks.append(_WandbIdToHistory(out))
+        callbacks += extra_callbacks  # conf/callbacks/: the user's, after ours
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         install_hydra_relaunch()

@@ -45,6 +45,23 @@ def validate_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> 
     given = given_keys(overrides)
     _validate_axes(cfg, given)
     _validate_training(cfg, given)
+    _validate_callbacks(cfg)
+
+
+def _validate_callbacks(cfg: DictConfig) -> None:
+    """Each entry of the ``callbacks`` group is a mapping with a ``_target_`` (instantiated in
+    csp_ablate.train.build_extra_callbacks, where a wrong class is named)."""
+    callbacks = cfg.get("callbacks")
+    if callbacks is None:
+        return
+    if not isinstance(callbacks, DictConfig):
+        raise ConfigError.bad_value("callbacks", callbacks, "a mapping of name -> {_target_: <Callback class>, ...}")
+    for name, spec in callbacks.items():
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            raise ConfigError(
+                f"callbacks.{name} has no _target_: each extra callback names its class, e.g. "
+                f"+callbacks.{name}._target_=lightning.pytorch.callbacks.EarlyStopping "
+                f"+callbacks.{name}.monitor=val/top1 (conf/callbacks/none.yaml).")
 
 
 def _validate_axes(cfg: DictConfig, given: set[str]) -> None:

@@ -216,16 +216,15 @@ def test_overhead_pairs_each_job_step_with_the_hand_step_after_it():
 
 
 def test_overhead_pairs_every_step_of_a_real_job(tmp_path):
-    """The pairing patch reaches the job's callbacks (else the benchmark would time nothing)."""
-    from benchmarks.bench_overhead import _compose, _paired_callbacks
-    from csp_ablate.train import run
+    """The job's config adds the pairing callback (conf/callbacks/, as a user would) and it sees
+    every step of a real job (else the benchmark would time nothing); PAIRING is left empty."""
+    import json
 
-    ends: list[float] = []
-    hand: list[float] = []
-    cfg = _compose(f"output_dir={tmp_path}", "tier=smoke", "logger=none", "trainer.max_steps=3",
-                   "trainer.max_epochs=1", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
-                   "profile.fps=false", "trainer.enable_progress_bar=false")
-    with _paired_callbacks(cfg, ends, hand):
-        record = run(cfg)
+    from benchmarks.bench_overhead import PAIRING, paired_job
+
+    ends, hand = paired_job(3, str(tmp_path), "tier=smoke", "logger=none", "trainer.max_epochs=1",
+                            "trainer.enable_progress_bar=false")
     assert len(ends) == len(hand) == 3 and ends == sorted(ends) and all(h > 0 for h in hand)
-    assert record["top1"] is not None
+    assert not PAIRING
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["status"] == "completed" and record["top1"] is not None

@@ -73,3 +73,24 @@ def test_readme_quotes_every_rows_numbers_from_the_committed_table(name):
                 if points(claim.measured) not in section:
                     missing.append(f"claim {claim.claim}: {points(claim.measured)}")
     assert not missing, f"README's {name} paragraph does not quote these rows of its table: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(SEED_FLOORS))
+def test_the_code_still_composes_every_committed_records_identity(name, compose):
+    """Each committed record's config_hash is the hash the current code composes for a grid point
+    of its sweep, at the record's threads. A change of what enters the identity (a new config
+    key, a new group such as conf/callbacks/) would otherwise orphan every committed record: the
+    sweep would retrain them all and the report would no longer pool reruns with them."""
+    import json
+
+    from csp_ablate.identity import config_hash
+    from csp_ablate.plan import sweep_grid
+
+    grid = sweep_grid(name, [])
+    records = [json.loads(p.read_text()) for p in sorted((PROXY / name).glob("*/record*.json"))]
+    assert records, f"no committed records under results/proxy/{name}"
+    threads = sorted({int(r["threads"]) for r in records})
+    composed = {config_hash(compose(f"sweep={name}", f"{grid.row_key}={value}", f"threads={t}", "output_dir=/tmp/x"))
+                for value in grid.row_values.values() for t in threads}
+    orphans = sorted({r["config_hash"] for r in records} - composed)
+    assert not orphans, f"{name}: committed records whose identity the code no longer composes: {orphans}"

@@ -25,7 +25,7 @@ def _group_options(group: str) -> list[str]:
 def _compositions() -> list[tuple[str, ...]]:
     """Each task x tier, then every option of every other config group once."""
     combos = [(*TASKS[t], f"tier={tier}") for t, tier in itertools.product(TASKS, TIERS)]
-    for group in ("data", "trainer", "logger", "model", "sweep", "neck"):
+    for group in ("data", "trainer", "logger", "model", "sweep", "neck", "callbacks"):
         for option in _group_options(group):
             combos.append((*(TASKS["detection"] if group == "neck" else ()), f"{group}={option}"))
     for option in _group_options("variant"):  # a variant is a row of a named sweep
@@ -71,7 +71,8 @@ def test_keys_that_cannot_change_a_result_keep_the_identity(compose, override):
 
 @pytest.mark.parametrize("override", [
     "gamma=0.25", "model=peleenet", "data.batch_size=64", "trainer.max_epochs=2", "threads=2",
-    "trainer.precision=bf16-mixed", "data.train_subset=100",
+    "trainer.precision=bf16-mixed", "data.train_subset=100", "callbacks=early_stopping",
+    "+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging",
 ])
 def test_result_changing_keys_change_the_identity(compose, override):
     base = compose("threads=1")

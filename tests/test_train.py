@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 
 from csp_ablate.errors import ConfigError
+from csp_ablate.identity import config_hash
 from csp_ablate.tasks.optim import lr_factor, poly_lr_factor
 from csp_ablate.validate import validate_config
 
@@ -82,6 +84,46 @@ def test_training_learns_a_learnable_set(compose, tiny_fmnist, tmp_path):
     rec = _tiny_run(compose, tiny_fmnist, tmp_path, "model=peleenet", "trainer.max_epochs=4", "task.lr=0.05")
     assert rec["status"] == "completed"
     assert rec["top1"] > 60.0, rec
+
+
+class StepProbe(L.Callback):
+    """An extra callback a test names by ``_target_``: it notes each training step it sees."""
+
+    seen: list[str] = []
+
+    def __init__(self, tag: str = "probe") -> None:
+        self.tag = tag
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        StepProbe.seen.append(self.tag)
+
+
+def test_extra_callbacks_from_the_command_line_run_in_the_job(compose, tiny_fmnist, tmp_path):
+    """``+callbacks.<name>._target_=...`` (conf/callbacks/) adds a Lightning callback to the job;
+    it is part of the run's identity, and a run without one keeps the hash it had."""
+    StepProbe.seen.clear()
+    probe = ("+callbacks.probe._target_=test_train.StepProbe", "+callbacks.probe.tag=x")
+    with_probe = _tiny_run(compose, tiny_fmnist, tmp_path / "a", "model=peleenet", "trainer.max_steps=3", *probe)
+    assert with_probe["status"] == "completed" and with_probe["steps"] == 3
+    assert StepProbe.seen == ["x"] * 3
+    plain = compose("tier=smoke", "model=peleenet", "trainer.max_steps=3", f"data.root={tiny_fmnist}")
+    assert with_probe["config_hash"] != config_hash(plain)
+
+
+def test_a_callback_without_target_or_of_the_wrong_class_is_one_clear_error(compose):
+    from csp_ablate.train import build_extra_callbacks
+
+    with pytest.raises(ConfigError, match=r"callbacks.es has no _target_: .*\+callbacks.es._target_="):
+        validate_config(compose("+callbacks.es.monitor=val/top1"))
+    with pytest.raises(ConfigError, match=r"Invalid value for 'callbacks.d._target_': 'collections.OrderedDict'"):
+        build_extra_callbacks(compose("+callbacks.d._target_=collections.OrderedDict"))
+    with pytest.raises(ConfigError, match=r"callbacks.x: cannot instantiate 'no_such.Callback'"):
+        build_extra_callbacks(compose("+callbacks.x._target_=no_such.Callback"))
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    (early,) = build_extra_callbacks(compose("callbacks=early_stopping"))
+    assert isinstance(early, EarlyStopping) and early.monitor == "val/top1" and early.patience == 3
+    assert build_extra_callbacks(compose()) == []
 
 
 def test_summary_line_tolerates_missing_metrics():

@@ -189,4 +189,8 @@ def summarize(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    # run as `python -m benchmarks.bench_overhead` this file is __main__, but the job's callback
+    # target imports benchmarks.bench_overhead: run that module's main so both share one PAIRING
+    import benchmarks.bench_overhead as bench
+
+    bench.main()

@@ -84,7 +84,6 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         frames = {"fps": fps_runs(runs, quiet)} if quiet is not None else {}
         report.table = paper_table(table_runs, spec, reference, frames)
         has_fps = "fps" in [*spec.metrics, *spec.extra_metrics]
-        md_table = report.table
         if has_fps:  # the CSV says how each row's fps was measured; the markdown says it once (fps_note)
             done = runs[runs["status"] == "completed"].drop_duplicates("config_hash")
             row_of_config = pd.Series(assign_rows(done, spec).to_numpy(), index=done["config_hash"].to_numpy())
@@ -92,7 +91,7 @@ def build_report(sweep_dir: Path, spec: ReportSpec | None = None, spec_name: str
         out.append(write_csv_atomic(sweep_dir / f"{spec.table}.csv", report.table, float_format=FLOAT_FORMAT))
         fps_text = fps_note(quiet, sweep_dir) if has_fps else None
         out.append(write_text_atomic(sweep_dir / f"{spec.table}.md",
-                                     paper_table_md(md_table, spec, runs, command, fps_text, launch_log)))
+                                     paper_table_md(report.table, spec, runs, command, fps_text, launch_log)))
         if spec.claims:
             report.claims = claims_table(table_runs, spec, metric_frames=frames)
             quiet_rows = frames.get("fps")

@@ -23,8 +23,9 @@ one configuration's speed drifted by up to ±15 % between such blocks (2026-11-3
 same hand loop 405-488 img/s, the job 395-514). So the blocks' ratios spread 0.905-0.989 (rate difference of a 20-
 and a 220-step run, 5 repeats) and 0.887-1.201 (step periods of whole 120-step runs, 9
 repeats) around an effect of a few %: Lightning's SimpleProfiler put the loop's own cost at ~3 ms
-of a ~246 ms step, and this paired method read a median of 0.975 (0.972-0.990). Neither spread can tell a 5 % overhead from noise. The target and the verdict
-rule are unchanged.
+of a ~246 ms step, and this paired method read medians of 0.975 (0.972-0.990, 3c63a9e) and 0.985
+(0.980-0.986, a2c3f85). Neither whole-run spread can tell a 5 % overhead from noise. The target
+and the verdict rule are unchanged.
 
 Target (issue 8): ratio >= 0.95. Repeats: 5 jobs in a full run (1 in quick mode). The verdict
 needs the median ratio >= 0.95 *and* at most one repeat below it; the summary states the spread.
